@@ -1,0 +1,11 @@
+"""aki: Modality-Mutual Attention (MMA) for multimodal LLMs.
+
+``aki.mma`` is the rule in pure torch; ``aki.enable_mma`` turns it on for a Hugging Face model.
+"""
+
+from .integration import disable_mma, enable_mma, is_mma_enabled
+from .mma import Role, mma_mask
+
+__version__ = "0.1.0"
+
+__all__ = ["Role", "__version__", "disable_mma", "enable_mma", "is_mma_enabled", "mma_mask"]
