@@ -154,7 +154,7 @@ class MmaLayout:
         valid, extension = self.valid, self.extension_function()
 
         def mma_mask_mod(b, h, q, k):
-            key_ok = (k <= last) & valid[b, k.clamp(max=last)]
+            key_ok = (k > last) | valid[b, k.clamp(max=last)]  # generated keys past the roles are real
             padded_query = (q <= last) & ~valid[b, q.clamp(max=last)]
             return ((k <= q) | extension(b, h, q, k)) & (key_ok | padded_query)
 

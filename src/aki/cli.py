@@ -1,0 +1,65 @@
+"""The ``aki`` command line: thin commands over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="aki",
+    help="Modality-Mutual Attention (MMA) for multimodal LLMs: masks, models, training, evaluation, serving.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main_callback() -> None:
+    """Modality-Mutual Attention (MMA) for multimodal LLMs."""
+
+
+@app.command()
+def mask(
+    layout: Annotated[
+        str,
+        typer.Argument(help='Roles, one letter per token: T text, M media, R response, e.g. "T M M T R".'),
+    ],
+    padding: Annotated[
+        str, typer.Option(help='Optional 0/1 per token (1 = real token), e.g. "0 1 1 1 1".')
+    ] = "",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Save a PNG picture here.")] = None,
+    causal: Annotated[bool, typer.Option(help="Show the plain causal mask instead, for comparison.")] = False,
+) -> None:
+    """Print (or save as PNG) the MMA attention mask of a token layout."""
+    import torch
+
+    from .mma import Role, mma_mask, parse_layout
+    from .viz import mask_to_text, save_mask_png
+
+    try:
+        roles = parse_layout(layout)
+        attention_mask = None
+        if padding:
+            values = [int(v) for v in padding.replace(",", " ").split()]
+            if len(values) != roles.shape[1] or set(values) - {0, 1}:
+                raise ValueError(f"--padding needs {roles.shape[1]} values of 0 or 1, got {padding!r}")
+            attention_mask = torch.tensor([values])
+        roles_for_mask = torch.full_like(roles, int(Role.TEXT)) if causal else roles
+        allowed = mma_mask(roles_for_mask, attention_mask)[0, 0]
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    if output is None:
+        typer.echo(mask_to_text(allowed, roles[0]))
+    else:
+        title = "causal mask" if causal else "MMA mask"
+        typer.echo(f"saved {save_mask_png(allowed, roles[0], output, title=title)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
