@@ -57,6 +57,15 @@ def mask(
         typer.echo(f"saved {save_mask_png(allowed, roles[0], output, title=title)}")
 
 
+def _mount_subcommands() -> None:
+    from .eval.cli import app as eval_app
+
+    app.add_typer(eval_app, name="eval", help="Score benchmark predictions offline and compare results.")
+
+
+_mount_subcommands()
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,1 @@
+"""Data for aki: deterministic synthetic scenes and questions (``aki.data.synthetic``), loaders and collators."""

@@ -1,0 +1,1 @@
+"""Evaluation: offline scorers for the paper's benchmarks (:mod:`aki.eval.scorers`) and the ``aki eval`` commands."""
