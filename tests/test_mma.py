@@ -316,3 +316,13 @@ def test_the_core_imports_no_hugging_face_code():
     import aki.mma
 
     subprocess.run([sys.executable, "-c", code, aki.mma.__file__], check=True)
+
+
+def test_media_do_not_see_into_the_next_packed_sequence():
+    """A packed-sequence start stops media like a response does: ``T M T | T T`` packed in one row."""
+    roles = parse_layout("T M T T T")
+    starts = torch.tensor([[False, False, False, True, False]])
+    layout = mma_layout(roles, sequence_starts=starts)
+    assert layout.dense()[0, 0, 1].tolist() == [True, True, True, False, False]
+    with pytest.raises(ValueError, match=r"sequence_starts of shape \(1, 4\) do not match roles"):
+        mma_layout(roles, sequence_starts=starts[:, :4])

@@ -404,7 +404,14 @@ class _MmaModel:
                 f"mma_roles has batch size {mma_roles.shape[0]} (shape {tuple(mma_roles.shape)}) but the "
                 f"inputs have batch size {batch}"
             )
-        return mma_layout(mma_roles, attention_mask)
+        length = _sequence_length(input_ids, kwargs)
+        too_long = length is not None and mma_roles.dim() == 2 and mma_roles.shape[1] > length
+        if too_long and attention_mask is None:  # with a 2D attention mask, mma_layout checks the length
+            raise ValueError(
+                f"mma_roles of shape {tuple(mma_roles.shape)} do not fit a sequence of {length} positions "
+                "(cached and new): roles cannot run past the input"
+            )
+        return mma_layout(mma_roles, attention_mask, sequence_starts=_packed_starts(mma_roles, kwargs))
 
     def _check_mma_implementation(self) -> None:
         config = _text_config(self)
@@ -419,6 +426,34 @@ def _batch_size(input_ids, kwargs) -> int | None:
         return input_ids.shape[0]
     embeds = kwargs.get("inputs_embeds")
     return embeds.shape[0] if embeds is not None else None
+
+
+def _sequence_length(input_ids, kwargs) -> int | None:
+    """Positions the forward attends over: cached ones plus the new input (None when unknown)."""
+    tokens = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+    if tokens is None:
+        return None
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return tokens.shape[1] + (cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0)
+
+
+def _packed_starts(roles: torch.Tensor, kwargs) -> torch.Tensor | None:
+    """Where packed sequences begin (position ids restart), in the case transformers separates them.
+
+    transformers treats a row as packed when position ids are given without an attention mask or a cache;
+    media must not see into the next sequence either.
+    """
+    position_ids = kwargs.get("position_ids")
+    if (
+        kwargs.get("attention_mask") is not None
+        or kwargs.get("cache", kwargs.get("past_key_values")) is not None
+    ):
+        return None
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[-1] != roles.shape[-1]:
+        return None
+    position_ids = position_ids.expand(roles.shape[0], -1).to(roles.device)
+    restart = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    return torch.nn.functional.pad(restart, (1, 0), value=False)
 
 
 def _media_token_ids(config) -> list[int]:

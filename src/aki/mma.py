@@ -168,12 +168,14 @@ class MmaLayout:
         if not bool(self.valid.all()):
             # Padded query rows keep the plain causal pattern, so every row has a key and stays finite.
             mask &= self.valid[:, None, None, :] | ~self.valid[:, None, :, None]
-        # MMA changes only the media rows: patch those, O(media x L).
+        # MMA changes only the media rows, and only before the furthest next response: O(media x span).
         rows_b, rows_q = (self.media_end > 0).nonzero(as_tuple=True)
         if rows_b.numel():
-            keys = torch.arange(length, device=device)
-            ahead = (keys > rows_q[:, None]) & (keys < self.media_end[rows_b, rows_q][:, None])
-            mask[rows_b, 0, rows_q] |= ahead & self.key_is_text[rows_b]
+            ends = self.media_end[rows_b, rows_q]  # (N,)
+            span = int(ends.max())
+            keys = torch.arange(span, device=device)
+            ahead = (keys > rows_q[:, None]) & (keys < ends[:, None]) & self.key_is_text[rows_b, :span]
+            mask[rows_b, 0, rows_q, :span] |= ahead  # (N, span)
         return mask
 
     def block_mask(
@@ -223,12 +225,19 @@ class MmaLayout:
         )
 
 
-def mma_layout(roles: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MmaLayout:
+def mma_layout(
+    roles: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    sequence_starts: torch.Tensor | None = None,
+) -> MmaLayout:
     """Compute the per-token metadata of the MMA rule, vectorised over batch and positions.
 
     Args:
         roles: ``[B, L]`` integer tensor of :class:`Role` values.
         attention_mask: ``[B, L]`` (or longer) 0/1 padding mask; None means every position is valid.
+        sequence_starts: ``[B, L]`` bool, True where a packed sequence begins. Media never see across
+            such a start (the causal part across packed sequences is the caller's to separate).
     """
     roles = validate_roles(roles, attention_mask)
     batch, length = roles.shape
@@ -237,8 +246,17 @@ def mma_layout(roles: torch.Tensor, attention_mask: torch.Tensor | None = None) 
     else:
         valid = attention_mask[:, :length].to(device=roles.device, dtype=torch.bool)
     positions = torch.arange(length, device=roles.device).expand(batch, length)
-    # Index of the first valid RESPONSE at or after each position (L when none): a reverse cumulative min.
-    response_at = torch.where(valid & (roles == Role.RESPONSE), positions, length)
+    # Index of the first stop (a valid RESPONSE, or the start of the next packed sequence) at or after each
+    # position, L when none: a reverse cumulative min.
+    stops = valid & (roles == Role.RESPONSE)
+    if sequence_starts is not None:
+        if sequence_starts.shape != roles.shape:
+            raise ValueError(
+                f"sequence_starts of shape {tuple(sequence_starts.shape)} do not match roles of shape "
+                f"{tuple(roles.shape)}"
+            )
+        stops = stops | sequence_starts.to(device=roles.device, dtype=torch.bool)
+    response_at = torch.where(stops, positions, length)
     first_response_from = response_at.flip(1).cummin(1).values.flip(1)
     next_response_after = torch.cat(
         [first_response_from[:, 1:], first_response_from.new_full((batch, 1), length)], 1
