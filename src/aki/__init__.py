@@ -5,7 +5,18 @@
 
 from .integration import disable_mma, enable_mma, is_mma_enabled
 from .mma import Role, mma_mask
+from .models import AkiConfig, AkiForConditionalGeneration, AkiProcessor  # registers the Auto classes
 
 __version__ = "0.1.0"
 
-__all__ = ["Role", "__version__", "disable_mma", "enable_mma", "is_mma_enabled", "mma_mask"]
+__all__ = [
+    "AkiConfig",
+    "AkiForConditionalGeneration",
+    "AkiProcessor",
+    "Role",
+    "__version__",
+    "disable_mma",
+    "enable_mma",
+    "is_mma_enabled",
+    "mma_mask",
+]

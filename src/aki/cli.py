@@ -57,9 +57,32 @@ def mask(
         typer.echo(f"saved {save_mask_png(allowed, roles[0], output, title=title)}")
 
 
+convert_app = typer.Typer(help="Convert checkpoints into Hugging Face directories.", no_args_is_help=True)
+
+
+@convert_app.command("reference")
+def convert_reference(
+    checkpoint_dir: Annotated[
+        Path,
+        typer.Argument(help="The released AKI checkpoint (config.json + model.safetensors + tokenizer)."),
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the Hugging Face directory.")],
+) -> None:
+    """Convert the reference (PyTorchModelHubMixin) AKI checkpoint into a normal Hugging Face directory."""
+    from .models.aki.convert import convert_reference as convert
+
+    try:
+        written = convert(checkpoint_dir, out_dir)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", err=True, fg="red")
+        raise typer.Exit(1) from error
+    typer.echo(f"wrote {written}")
+
+
 def _mount_subcommands() -> None:
     from .eval.cli import app as eval_app
 
+    app.add_typer(convert_app, name="convert")
     app.add_typer(eval_app, name="eval", help="Score benchmark predictions offline and compare results.")
 
 

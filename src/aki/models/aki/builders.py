@@ -1,0 +1,211 @@
+"""Model sizes of AKI as config builders: the modeling code knows no sizes.
+
+``aki_tiny()`` is a seconds-on-a-CPU model for tests and demos; ``aki_4b()`` is the released architecture
+(SigLIP so400m-patch14-384, a 6-layer resampler with 144 latents, Phi-3.5-mini). Token ids and the vocabulary
+size come from a tokenizer when one is given, never from constants: pass ``tokenizer=``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from .configuration_aki import AkiConfig
+
+MEDIA_TOKEN = "<image>"
+CHAT_SYSTEM_MESSAGE = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+TINY_SPECIAL_TOKENS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    MEDIA_TOKEN,
+    "<|endofchunk|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+]
+_WORD_PATTERN = re.compile(r"\w+|[^\w\s]")
+
+# google/siglip-so400m-patch14-384, vision tower: 27 x 27 = 729 patches of width 1152.
+SIGLIP_SO400M_PATCH14_384 = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+    "vision_use_head": True,
+}
+
+# microsoft/Phi-3.5-mini-instruct: its config.json values (with the LongRoPE factors) in a data file.
+PHI_3_5_MINI = json.loads((Path(__file__).parent / "phi_3_5_mini.json").read_text())
+
+TINY_SIGLIP = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+    "vision_use_head": False,
+}
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+}
+
+
+def aki_tiny(
+    tokenizer: Any = None,
+    *,
+    text_config: dict | PreTrainedConfig | None = None,
+    vocab_size: int = 64,
+    media_token_id: int = 63,
+    num_latents: int = 4,
+    text_head_bias: bool = False,
+    use_mma: bool = True,
+) -> AkiConfig:
+    """A tiny AKI (32 px SigLIP, 2-layer Llama of width 64, 4 latents) for tests and CPU demos.
+
+    With ``tokenizer``, the vocabulary size and the media / pad / bos / eos ids come from it (the media token
+    is ``<image>``). ``text_config`` swaps the tiny Llama for another tiny causal LM config (Phi-3, Qwen2, ...).
+    """
+    return _build(
+        vision=TINY_SIGLIP,
+        text=TINY_LLAMA if text_config is None else text_config,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        media_token_id=media_token_id,
+        resampler={
+            "resampler_depth": 2,
+            "resampler_heads": 2,
+            "resampler_head_dim": 16,
+            "resampler_ff_mult": 2,
+        },
+        num_latents=num_latents,
+        text_head_bias=text_head_bias,
+        use_mma=use_mma,
+    )
+
+
+def aki_4b(
+    tokenizer: Any = None,
+    *,
+    vocab_size: int = PHI_3_5_MINI["vocab_size"],
+    media_token_id: int | None = None,
+    text_head_bias: bool = True,
+    use_mma: bool = True,
+) -> AkiConfig:
+    """The released AKI-4B architecture: SigLIP so400m-patch14-384, resampler 6 x (8 heads x 64, ff x4),
+    144 latents, Phi-3.5-mini with a biased output head.
+
+    Pass the checkpoint's ``tokenizer`` to get its vocabulary size and token ids (``from_reference`` does).
+    """
+    return _build(
+        vision=SIGLIP_SO400M_PATCH14_384,
+        text=PHI_3_5_MINI,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        media_token_id=media_token_id,
+        resampler={
+            "resampler_depth": 6,
+            "resampler_heads": 8,
+            "resampler_head_dim": 64,
+            "resampler_ff_mult": 4,
+        },
+        num_latents=144,
+        text_head_bias=text_head_bias,
+        use_mma=use_mma,
+    )
+
+
+def tiny_tokenizer(texts: Iterable[str] = ()) -> PreTrainedTokenizerBase:
+    """A word-level tokenizer with AKI's special tokens, for tests and CPU demos (nothing is downloaded).
+
+    Its vocabulary: the special tokens ``TINY_SPECIAL_TOKENS``, the space and the newline, and every word and
+    punctuation mark of the default system message and of ``texts``; anything else is ``<unk>``. Each space
+    and newline is a token of its own, so prompts tokenize exactly as they read.
+    """
+    words = sorted({piece for text in (CHAT_SYSTEM_MESSAGE, *texts) for piece in _WORD_PATTERN.findall(text)})
+    vocab = {token: i for i, token in enumerate([*TINY_SPECIAL_TOKENS, " ", "\n", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]|\s"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(TINY_SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens=TINY_SPECIAL_TOKENS[4:],
+    )
+
+
+def token_ids_from_tokenizer(tokenizer: Any, *, media_token: str = MEDIA_TOKEN) -> dict[str, int | None]:
+    """Vocabulary size and special ids read from a tokenizer; raises if it lacks the media token."""
+    media_token_id = tokenizer.convert_tokens_to_ids(media_token)
+    if media_token_id is None or media_token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {media_token!r} token: add it as a special token first")
+    return {
+        "vocab_size": len(tokenizer),
+        "media_token_id": media_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _build(
+    *,
+    vision: dict,
+    text: dict | PreTrainedConfig,
+    tokenizer: Any,
+    vocab_size: int,
+    media_token_id: int | None,
+    resampler: dict[str, int],
+    num_latents: int,
+    text_head_bias: bool,
+    use_mma: bool,
+) -> AkiConfig:
+    text = dict(text.to_dict() if isinstance(text, PreTrainedConfig) else text)
+    text["vocab_size"] = vocab_size
+    if tokenizer is not None:
+        ids = token_ids_from_tokenizer(tokenizer)
+        media_token_id = ids.pop("media_token_id")
+        text.update(ids)
+    model_type = text.pop("model_type")
+    return AkiConfig(
+        vision_config=dict(vision),
+        text_config=AutoConfig.for_model(model_type, **text),
+        media_token_id=media_token_id,
+        num_latents=num_latents,
+        text_head_bias=text_head_bias,
+        use_mma=use_mma,
+        **resampler,
+    )
+
+
+__all__ = ["aki_4b", "aki_tiny", "tiny_tokenizer", "token_ids_from_tokenizer"]

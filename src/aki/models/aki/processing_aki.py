@@ -1,0 +1,238 @@
+"""AkiProcessor: chat template, image placeholders and MMA roles in one Hugging Face processor.
+
+Every ``<image>`` in the text becomes ``num_image_tokens`` placeholder tokens, and every token gets an MMA
+role (:class:`aki.mma.Role`): placeholders are MEDIA; in a sequence with an ``<|assistant|>`` header,
+everything after a header up to the next ``<|user|>`` / ``<|system|>`` header is RESPONSE and the rest
+(system, user turns, the headers themselves) is TEXT. So media see their prompt through ``<|assistant|>``
+and not the newline after it, exactly as the released AKI was trained, never an earlier or later answer,
+and whatever is generated is RESPONSE too. A sequence without ``<|assistant|>`` (a pre-training caption)
+is RESPONSE throughout: plain causal attention, as in the reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature, PreTrainedConfig
+from transformers.processing_utils import ProcessorMixin
+
+from ...mma import Role
+from .image_processing_aki import AkiImageProcessor, check_decodes, open_image
+
+CHAT_TEMPLATE = (Path(__file__).parent / "chat_template.jinja").read_text()
+
+
+class AkiProcessor(ProcessorMixin):
+    """Tokenizer + :class:`AkiImageProcessor` + the AKI chat template; batches are left-padded.
+
+    Returns ``input_ids``, ``attention_mask``, ``mma_roles`` (LongTensor ``[B, L]``: 0 TEXT, 1 MEDIA,
+    2 RESPONSE) and, with images, ``pixel_values`` ``(N, 3, H, W)`` in placeholder order.
+
+    Example:
+        >>> processor = AkiProcessor(image_processor, tokenizer, num_image_tokens=144)  # doctest: +SKIP
+        >>> chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+        >>> prompt = processor.apply_chat_template(chat, add_generation_prompt=True)  # doctest: +SKIP
+        >>> batch = processor(images=[image], text=prompt)  # doctest: +SKIP
+        >>> model.generate(**batch, max_new_tokens=32)  # doctest: +SKIP
+    """
+
+    model_input_names = ["input_ids", "attention_mask", "mma_roles", "pixel_values"]
+
+    # Positional-or-keyword on purpose: ProcessorMixin reloads only those from processor_config.json.
+    def __init__(
+        self,
+        image_processor: AkiImageProcessor | None = None,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+        num_image_tokens: int = 144,
+        image_token: str = "<image>",
+        assistant_token: str = "<|assistant|>",
+        turn_tokens: Sequence[str] = ("<|user|>", "<|system|>"),
+        padding_side: str = "left",
+    ) -> None:
+        if num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.num_image_tokens = num_image_tokens
+        self.image_token = image_token
+        self.assistant_token = assistant_token
+        self.turn_tokens = list(turn_tokens)
+        self.padding_side = padding_side
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+        vocab = self.tokenizer.get_vocab()
+        if image_token not in vocab:
+            raise ValueError(f"the tokenizer has no {image_token!r} token: add it as a special token first")
+        self.image_token_id = vocab[image_token]
+        self.assistant_token_id = vocab.get(assistant_token)
+        self.turn_token_ids = {vocab[token] for token in self.turn_tokens if token in vocab}
+
+    @classmethod
+    def for_model(cls, config: PreTrainedConfig, tokenizer: Any, **kwargs) -> AkiProcessor:
+        """The processor matching an :class:`AkiConfig`: image size from the vision tower, one placeholder per latent."""
+        size = config.vision_config.image_size
+        image_processor = AkiImageProcessor(size={"height": size, "width": size})
+        return cls(image_processor, tokenizer, num_image_tokens=config.num_latents, **kwargs)
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        videos: Any = None,
+        audio: Any = None,
+        *,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        add_special_tokens: bool = False,
+        return_tensors: str | None = "pt",
+        images_kwargs: dict | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize ``text`` (the chat template already writes ``<s>``, hence ``add_special_tokens=False``),
+        expand each ``<image>`` and compute the MMA roles.
+
+        ``images``: one image, a flat list (taken in placeholder order across the batch) or one list per
+        text; PIL images, arrays, tensors or file paths. ``max_length`` truncates text on the right and raises
+        if the cut would fall inside (or after) an image's tokens.
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("AKI takes images and text only, got videos or audio")
+        if kwargs:
+            raise TypeError(f"AkiProcessor got unexpected keyword arguments {sorted(kwargs)}")
+        if text is None:
+            raise ValueError("AkiProcessor needs text: put one <image> in it per image")
+        texts = [text] if isinstance(text, str) else list(text)
+        token_ids = self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+        placeholders = [ids.count(self.image_token_id) for ids in token_ids]
+        images_per_text = self._assign_images(images, placeholders)
+
+        sequences = [self._expand(ids) for ids in token_ids]
+        if max_length is not None:
+            sequences = [self._truncate(ids, max_length, i) for i, ids in enumerate(sequences)]
+        roles = [self.roles(ids) for ids in sequences]
+        data = self._pad(sequences, roles, padding_side or self.padding_side)
+
+        flat_images = [image for group in images_per_text for image in group]
+        if flat_images:
+            pixels = self.image_processor(flat_images, return_tensors=return_tensors, **(images_kwargs or {}))
+            data["pixel_values"] = pixels["pixel_values"]
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def roles(self, token_ids: Sequence[int]) -> list[int]:
+        """The MMA role of every token of one expanded sequence (see the module docstring)."""
+        if self.assistant_token_id is None or self.assistant_token_id not in token_ids:
+            return [int(Role.MEDIA if t == self.image_token_id else Role.RESPONSE) for t in token_ids]
+        roles, in_response = [], False
+        for token in token_ids:
+            if token == self.image_token_id:
+                roles.append(Role.MEDIA)
+                continue
+            if token == self.assistant_token_id or token in self.turn_token_ids:
+                roles.append(Role.TEXT)
+                in_response = token == self.assistant_token_id
+                continue
+            roles.append(Role.RESPONSE if in_response else Role.TEXT)
+        return [int(role) for role in roles]
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _assign_images(self, images: Any, placeholders: list[int]) -> list[list[Any]]:
+        """One list of decoded images per text, checked against the ``<image>`` count of each text."""
+        total = sum(placeholders)
+        if images is None:
+            if total:
+                raise ValueError(
+                    f"the text has {total} <image> placeholders (per text: {placeholders}) but no images were given"
+                )
+            return [[] for _ in placeholders]
+        nested = _is_list(images) and len(images) > 0 and all(_is_list(group) for group in images)
+        if nested:
+            if len(images) != len(placeholders):
+                raise ValueError(f"got {len(images)} lists of images for {len(placeholders)} texts")
+            for i, (group, count) in enumerate(zip(images, placeholders, strict=True)):
+                if len(group) != count:
+                    raise ValueError(
+                        f"text {i} has {count} <image> placeholders but {len(group)} images were given for it"
+                    )
+            groups = [list(group) for group in images]
+        else:
+            flat = list(images) if _is_list(images) else [images]
+            if len(flat) != total:
+                where = "no <image> placeholder" if total == 0 else f"{total} <image> placeholders"
+                raise ValueError(
+                    f"{len(flat)} images were given but the text has {where} (per text: {placeholders})"
+                )
+            starts = np.cumsum([0, *placeholders])
+            groups = [flat[start:stop] for start, stop in itertools.pairwise(starts)]
+        return [
+            [_decode(image, f"image {j} of text {i}") for j, image in enumerate(group)]
+            for i, group in enumerate(groups)
+        ]
+
+    def _expand(self, token_ids: list[int]) -> list[int]:
+        expanded = []
+        for token in token_ids:
+            expanded.extend([token] * self.num_image_tokens if token == self.image_token_id else [token])
+        return expanded
+
+    def _truncate(self, token_ids: list[int], max_length: int, index: int) -> list[int]:
+        if len(token_ids) <= max_length:
+            return token_ids
+        media = [i for i, token in enumerate(token_ids) if token == self.image_token_id]
+        cut_media = [i for i in media if i >= max_length]
+        if cut_media:
+            image = media.index(cut_media[0]) // self.num_image_tokens
+            start = media[image * self.num_image_tokens]
+            stop = start + self.num_image_tokens - 1
+            raise ValueError(
+                f"max_length={max_length} would cut text {index} (length {len(token_ids)}) through the tokens of "
+                f"image {image} (positions {start}..{stop}); raise max_length to at least {media[-1] + 1}"
+            )
+        return token_ids[:max_length]
+
+    def _pad(
+        self, sequences: list[list[int]], roles: list[list[int]], side: str
+    ) -> dict[str, list[list[int]]]:
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        length = max(len(ids) for ids in sequences)
+        if self.tokenizer.pad_token_id is None and any(len(ids) < length for ids in sequences):
+            raise ValueError("the texts have different lengths but the tokenizer has no pad token")
+        data: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "mma_roles": []}
+        for ids, sequence_roles in zip(sequences, roles, strict=True):
+            gap = length - len(ids)
+            rows = {
+                "input_ids": (ids, self.tokenizer.pad_token_id),
+                "attention_mask": ([1] * len(ids), 0),
+                "mma_roles": (sequence_roles, int(Role.TEXT)),
+            }
+            for key, (values, fill) in rows.items():
+                data[key].append([fill] * gap + values if side == "left" else values + [fill] * gap)
+        return data
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _decode(image: Any, name: str) -> Any:
+    """Open paths and decode PIL images now, so that a bad file is reported with its place in the batch."""
+    try:
+        if isinstance(image, (str, Path)):
+            return open_image(image)
+        if isinstance(image, Image.Image):
+            return check_decodes(image)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} is a {type(image).__name__}; give a PIL image, an array, a tensor or a path")
+    return image
+
+
+__all__ = ["AkiProcessor"]

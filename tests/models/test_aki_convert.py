@@ -1,0 +1,226 @@
+"""The released checkpoint layout: built by hand here with tiny shapes, loaded and converted losslessly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from aki_model_helpers import noise, user
+from safetensors.torch import save_file
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
+
+from aki.models import AkiConfig, AkiForConditionalGeneration, AkiProcessor, aki_tiny, convert_reference
+from aki.models.aki.convert import _resolve_config
+
+BASE_TOKENS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    " ",
+    "\n",
+]
+WORDS = ["A", "What", "is", "this", "?", "cat", "."]
+JUNK_ROWS = 5  # regular rows past initial_tokenizer_len (a padded vocabulary): never used by the reference
+
+
+def reference_tokenizer():
+    """A base tokenizer, then <image> and <|endofchunk|> added after it, as the reference factory does."""
+    backend = Tokenizer(
+        models.WordLevel({t: i for i, t in enumerate(BASE_TOKENS + WORDS)}, unk_token="<unk>")
+    )
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]|\s"), behavior="isolated")
+    backend.add_special_tokens(BASE_TOKENS[:8])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    initial_len = len(tokenizer)
+    tokenizer.add_tokens(["<image>", "<|endofchunk|>"], special_tokens=True)
+    return tokenizer, initial_len
+
+
+def reference_key(key: str) -> str:
+    """Our parameter name -> the released one (written out independently of convert.py)."""
+    replacements = [
+        ("vision_tower.", "vision_encoder."),
+        ("language_model.", "lang_model."),
+        ("resampler.", "vision_tokenizer."),
+        (".attn.", ".0."),
+        (".ff.norm.", ".1.0."),
+        (".ff.up.", ".1.1."),
+        (".ff.down.", ".1.3."),
+    ]
+    for ours, theirs in replacements:
+        key = key.replace(ours, theirs)
+    return key
+
+
+def reference_state_dict(model: AkiForConditionalGeneration, initial_len: int) -> dict[str, torch.Tensor]:
+    """Our weights in the released layout: added-token rows split off into decoupled tensors, junk rows added."""
+    state = {reference_key(k): v.clone() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    for base, extra in [
+        ("lang_model.model.embed_tokens.weight", "lang_model.model.embed_tokens.additional_embedding.weight"),
+        ("lang_model.lm_head.weight", "lang_model.lm_head.additional_fc.weight"),
+        ("lang_model.lm_head.bias", "lang_model.lm_head.additional_fc.bias"),
+    ]:
+        full = state.pop(base)
+        junk = 100 * torch.randn((JUNK_ROWS, *full.shape[1:]), generator=generator)
+        state[base] = torch.cat([full[:initial_len], junk])
+        state[extra] = full[initial_len:].clone()
+    state["lang_model.model.rotary_emb.inv_freq"] = torch.ones(8)  # a buffer old transformers saved
+    return state
+
+
+@pytest.fixture
+def release(tmp_path):
+    """A tiny checkpoint in the released layout, and the model it was exported from."""
+    tokenizer, initial_len = reference_tokenizer()
+    config = aki_tiny(tokenizer, text_head_bias=True)
+    config.resampler_depth, config.resampler_heads, config.resampler_head_dim, config.resampler_ff_mult = (
+        6,
+        8,
+        64,
+        4,
+    )
+    torch.manual_seed(0)
+    model = AkiForConditionalGeneration(config).eval()
+    directory = tmp_path / "release"
+    vision_dir, text_dir = tmp_path / "siglip", tmp_path / "llama"
+    config.vision_config.save_pretrained(vision_dir)
+    config.text_config.save_pretrained(text_dir)
+    tokenizer.save_pretrained(directory)
+    save_file(reference_state_dict(model, initial_len), directory / "model.safetensors")
+    arguments = {
+        "vision_encoder_path": str(vision_dir),
+        "lang_model_path": str(text_dir),
+        "pad_token_id": tokenizer.pad_token_id,
+        "initial_tokenizer_len": initial_len,
+        "num_vision_tokens": config.num_latents,
+        "decoder_layers_attr_name": None,
+        "gradient_checkpointing": False,
+        "base_img_size": None,
+    }
+    (directory / "config.json").write_text(json.dumps(arguments))
+    return directory, model, tokenizer, initial_len
+
+
+def logits(model, processor):
+    text = processor.apply_chat_template([user(noise(0), "What is this?")], add_generation_prompt=True)
+    with torch.no_grad():
+        return model(**processor(images=[noise(0)], text=text)).logits
+
+
+def test_reference_layout_loads_losslessly(release):
+    directory, original, tokenizer, initial_len = release
+    loaded = AkiForConditionalGeneration.from_reference(directory)
+    assert loaded.config.media_token_id == tokenizer.convert_tokens_to_ids("<image>") == initial_len
+    assert loaded.config.text_config.vocab_size == initial_len + 2
+    before, after = original.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    processor = AkiProcessor.for_model(loaded.config, tokenizer)
+    assert torch.equal(logits(original, processor), logits(loaded, processor))
+
+
+def test_convert_reference_writes_a_normal_hugging_face_directory(release, tmp_path):
+    directory, original, *_ = release
+    out = convert_reference(directory, tmp_path / "converted")
+    assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja"} <= {
+        p.name for p in out.iterdir()
+    }
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    assert type(model) is AkiForConditionalGeneration and type(processor) is AkiProcessor
+    assert torch.equal(logits(original, processor), logits(model, processor))
+
+
+def test_an_explicit_config_must_match_the_tokenizer(release):
+    directory, original, *_ = release
+    loaded = AkiForConditionalGeneration.from_reference(
+        directory, config=AkiConfig(**original.config.to_dict())
+    )
+    assert torch.equal(loaded.resampler.latents, original.resampler.latents)
+    wrong = aki_tiny(vocab_size=40, media_token_id=3)
+    with pytest.raises(
+        ValueError, match=r"given config \(vocab 40, media_token_id 3\) does not match .* \(vocab 19"
+    ):
+        AkiForConditionalGeneration.from_reference(directory, config=wrong)
+
+
+def test_missing_unexpected_and_mis_shaped_keys_are_all_listed(release):
+    directory, *_ = release
+    from safetensors.torch import load_file
+
+    state = load_file(directory / "model.safetensors")
+    del state["vision_tokenizer.norm.weight"]
+    state["vision_tokenizer.extra_scale"] = torch.ones(1)
+    state["vision_tokenizer.latents"] = torch.zeros(5, 32)
+    save_file(state, directory / "model.safetensors")
+    with pytest.raises(ValueError) as error:
+        AkiForConditionalGeneration.from_reference(directory)
+    message = str(error.value)
+    assert "1 missing keys:\n    resampler.norm.weight" in message
+    assert "1 unexpected keys:\n    resampler.extra_scale" in message
+    assert "1 mis-shaped keys:\n    resampler.latents: checkpoint (5, 32), model (4, 32)" in message
+
+
+def test_decoupled_rows_must_cover_the_initial_vocabulary(release):
+    directory, *_ = release
+    from safetensors.torch import load_file
+
+    state = load_file(directory / "model.safetensors")
+    state["lang_model.lm_head.weight"] = state["lang_model.lm_head.weight"][:3]
+    save_file(state, directory / "model.safetensors")
+    with pytest.raises(
+        ValueError, match=r"cannot fold lang_model.lm_head.additional_fc.weight|cannot fold .*lm_head"
+    ):
+        AkiForConditionalGeneration.from_reference(directory)
+
+
+def test_unknown_backbones_need_an_explicit_config(release):
+    directory, *_ = release
+    arguments = json.loads((directory / "config.json").read_text())
+    arguments["lang_model_path"] = "someone/unknown-model"
+    (directory / "config.json").write_text(json.dumps(arguments))
+    with pytest.raises(ValueError, match=r"lang_model_path='someone/unknown-model'.*pass config="):
+        AkiForConditionalGeneration.from_reference(directory)
+
+
+def test_released_backbone_names_give_the_4b_architecture_with_tokenizer_ids():
+    tokenizer, initial_len = reference_tokenizer()
+    arguments = {
+        "vision_encoder_path": "google/siglip-so400m-patch14-384",
+        "lang_model_path": "microsoft/Phi-3.5-mini-instruct",
+        "initial_tokenizer_len": initial_len,
+        "num_vision_tokens": 144,
+    }
+    config = _resolve_config(arguments, tokenizer, None)
+    assert (config.vision_config.hidden_size, config.text_config.hidden_size, config.num_latents) == (
+        1152,
+        3072,
+        144,
+    )
+    assert config.text_config.vocab_size == initial_len + 2 and config.media_token_id == initial_len
+    assert config.text_config.pad_token_id == tokenizer.pad_token_id and config.text_head_bias
+
+
+def test_the_cli_converts_and_refuses_a_broken_checkpoint_by_name(release, tmp_path):
+    from typer.testing import CliRunner
+
+    from aki.cli import app
+
+    directory, *_ = release
+    result = CliRunner().invoke(app, ["convert", "reference", str(directory), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    (directory / "model.safetensors").write_bytes(b"not a safetensors file")
+    broken = CliRunner().invoke(app, ["convert", "reference", str(directory), str(tmp_path / "out2")])
+    assert broken.exit_code != 0
+    assert not (tmp_path / "out2" / "model.safetensors").exists()
+    assert "is not a readable safetensors file" in broken.output
