@@ -1,0 +1,114 @@
+"""The training recipe: an MMA fine-tuning step against a causal one, and the data loader against the step.
+
+Both recipes are the tiny AKI of ``configs/sft.yaml`` built fresh from the same seed (same weights) on the
+same synthetic chats, differing only in ``model.attention``. A step is ``Recipe.step`` on prefetched
+micro-batches: forward, backward, one clip, AdamW and the schedule, as in training (accelerate included).
+
+1. tokens/s of the MMA step and of the causal step, alternating; target: MMA time <= 1.05x causal.
+2. the data loader alone (in this process, one core: sampling, decoding, flips off, tokenizing, collating)
+   in samples/s, against the training step's samples/s; the loader must be faster than the step, so that
+   one DataLoader worker on the second core keeps up.
+3. end to end: steps fed by a DataLoader with one worker, and how much of each step is spent waiting for
+   the next batch; the loader is no bottleneck when the time with the wait is close to the time without.
+
+Run: ``python benchmarks/bench_train.py`` (about a minute) or ``--quick``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from _common import parse_args, print_times, report_check, report_ratio, time_interleaved
+from aki.train.config import load_config
+from aki.train.recipe import Recipe
+
+MMA, CAUSAL = "MMA fine-tuning step", "causal fine-tuning step"
+
+
+def recipe(attention: str, output_dir: Path, *, batch_size: int, num_workers: int = 0) -> Recipe:
+    config = load_config(
+        "sft",
+        overrides=[
+            f"output_dir={output_dir}",
+            f"batch_size={batch_size}",
+            "steps=1000000",
+            "model.init=null",
+            "model.tokenizer=synthetic",
+            f"model.attention={attention}",
+            f"data.num_workers={num_workers}",
+            "logging.tensorboard=false",
+            "logging.progress_bar=false",
+        ],
+    )
+    built = Recipe(config)
+    built.setup()
+    return built
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], default_repeats=20)
+    batch_size = 8 if args.quick else 16
+    with tempfile.TemporaryDirectory() as scratch:
+        mma = recipe("mma", Path(scratch) / "mma", batch_size=batch_size)
+        causal = recipe("causal", Path(scratch) / "causal", batch_size=batch_size)
+        micro_batches = [[next(mma.loader)] for _ in range(4)]
+        tokens = [int(batch[0]["batch"]["attention_mask"].sum()) for batch in micro_batches]
+        print(f"# batch {batch_size} chats, {sum(tokens) / len(tokens):.0f} tokens per batch on average")
+
+        first = {"mma": mma.step(micro_batches[0])["loss"], "causal": causal.step(micro_batches[0])["loss"]}
+        report_check("MMA is on (first losses differ)", first["mma"] != first["causal"], str(first))
+
+        rounds = itertools.cycle(micro_batches)
+        medians = time_interleaved(
+            {MMA: lambda: mma.step(next(rounds)), CAUSAL: lambda: causal.step(next(rounds))},
+            repeats=args.repeats,
+            warmup=2,
+        )
+        print_times("one optimizer step, tiny AKI", medians, CAUSAL)
+        mean_tokens = sum(tokens) / len(tokens)
+        for name, seconds in medians.items():
+            print(f"  {name:<48} {mean_tokens / seconds:10.0f} tokens/s")
+        report_ratio("MMA step time / causal step time", medians[MMA] / medians[CAUSAL], target=1.05)
+
+        # The loader alone, in this process.
+        loader = iter(DataLoader(mma.stream, batch_size=None, num_workers=0))
+        next(loader)
+        count = 3 if args.quick else 10
+        start = time.perf_counter()
+        samples = sum(len(next(loader)["sample_ids"]) for _ in range(count))
+        loader_rate = samples / (time.perf_counter() - start)
+        step_rate = batch_size / medians[MMA]
+        print(
+            f"\n## data loader alone: {loader_rate:.0f} samples/s; MMA training step: {step_rate:.0f} samples/s"
+        )
+        report_check(
+            "loader faster than the step", loader_rate > step_rate, f"{loader_rate / step_rate:.1f}x"
+        )
+
+        # End to end: one worker feeding the steps; the time blocked waiting for its batches is the bottleneck.
+        fed = recipe("mma", Path(scratch) / "fed", batch_size=batch_size, num_workers=1)
+        for _ in range(2):
+            fed.step([next(fed.loader)])
+        waiting, start = 0.0, time.perf_counter()
+        for _ in range(count * 2):
+            asked = time.perf_counter()
+            batch = next(fed.loader)
+            waiting += time.perf_counter() - asked
+            fed.step([batch])
+        total = time.perf_counter() - start
+        print(
+            f"  fed by 1 DataLoader worker: {total / (count * 2) * 1e3:.1f} ms per step, of which "
+            f"{waiting / (count * 2) * 1e3:.1f} ms waiting for data"
+        )
+        report_ratio(
+            "step time with 1 loader worker / the same steps without the wait", total / (total - waiting)
+        )
+
+
+if __name__ == "__main__":
+    main()

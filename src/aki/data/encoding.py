@@ -1,0 +1,190 @@
+"""Raw samples -> token ids, labels and MMA roles from one template pass, and batches of them.
+
+Pre-training samples are ``<image>{caption}<|endofchunk|>`` (after the tokenizer's ``<s>``); with
+``order="text_first"`` the image follows the caption. Fine-tuning samples are LLaVA conversations rendered
+with :class:`~aki.models.aki.AkiProcessor`'s chat template; the template marks the answers (and their end
+token) as generation, which gives the labels, and the processor's :meth:`~AkiProcessor.roles` gives the roles
+of the same token ids. Every labelled position must be RESPONSE (checked for every sample): a label on a
+position that media tokens may see would train on text the image has already read.
+
+Example:
+    >>> encoder = ChatEncoder(processor, max_length=512)  # doctest: +SKIP
+    >>> encoded = encoder.encode(raw_sample)  # doctest: +SKIP
+    >>> batch = collate([encoded], processor=processor)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..mma import IGNORE_INDEX, Role
+from .augment import flip_images, flip_text
+from .config import Order
+from .sources import BadSample, RawSample, load_image
+
+END_OF_CHUNK = "<|endofchunk|>"
+
+_SPEAKERS = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+_IMAGE_SPLIT = re.compile(r"(<image>)")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One sample ready to batch: ``input_ids``, ``labels`` and ``roles`` of equal length, and its images."""
+
+    sample_id: str
+    input_ids: list[int]
+    labels: list[int]
+    roles: list[int]
+    images: list[Image.Image]
+
+
+class _Encoder:
+    """What both encoders share: image loading, flipping, placeholder expansion and the final checks."""
+
+    def __init__(self, processor: Any, *, max_length: int, order: Order = "image_first") -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.max_length = max_length
+        self.order = order
+        self.image_token_id = processor.image_token_id
+
+    def _images(self, raw: RawSample, flip: bool) -> list[Image.Image]:
+        if raw.problem is not None:
+            raise BadSample(raw.id, raw.problem)
+        images = [load_image(reference, raw.id) for reference in raw.images]
+        return flip_images(images) if flip else images
+
+    def _finish(
+        self, raw: RawSample, token_ids: list[int], labelled: list[bool], images: list[Image.Image]
+    ) -> Encoded:
+        """Expand each ``<image>`` to its placeholders, derive roles, and check counts, labels and length."""
+        found = token_ids.count(self.image_token_id)
+        if found != len(images):
+            raise BadSample(
+                raw.id, f"the text has {found} <image> placeholders but the sample has {len(images)} images"
+            )
+        input_ids, labels = [], []
+        for token, is_labelled in zip(token_ids, labelled, strict=True):
+            copies = self.processor.num_image_tokens if token == self.image_token_id else 1
+            input_ids += [token] * copies
+            labels += [token if is_labelled and token != self.image_token_id else IGNORE_INDEX] * copies
+        if len(input_ids) > self.max_length:
+            raise BadSample(
+                raw.id, f"{len(input_ids)} tokens (images expanded) exceed max_length={self.max_length}"
+            )
+        roles = self.processor.roles(input_ids)
+        wrong = [
+            i
+            for i, (label, role) in enumerate(zip(labels, roles, strict=True))
+            if label != IGNORE_INDEX and role != Role.RESPONSE
+        ]
+        if wrong:
+            raise BadSample(
+                raw.id,
+                f"labelled positions {wrong[:8]} are not RESPONSE (does the text hold template tokens?)",
+            )
+        if all(label == IGNORE_INDEX for label in labels):
+            raise BadSample(raw.id, "no labelled token: nothing to train on")
+        return Encoded(raw.id, input_ids, labels, roles, images)
+
+
+class CaptionEncoder(_Encoder):
+    """Pre-training: ``<s><image>{caption}<|endofchunk|>``; the caption and ``<|endofchunk|>`` are labelled.
+
+    There is no ``<|assistant|>`` header, so every text token is RESPONSE: MMA leaves the mask causal and no
+    caption leaks into the image.
+    """
+
+    def encode(self, raw: RawSample, *, flip: bool = False) -> Encoded:
+        images = self._images(raw, flip)
+        if raw.caption is None:
+            raise BadSample(raw.id, "a pre-training sample needs a caption")
+        caption = flip_text(raw.caption, image_width=images[0].width) if flip and images else raw.caption
+        image_text = "<image>" * len(images)
+        body = caption + image_text if self.order == "text_first" else image_text + caption
+        bos = self.tokenizer.bos_token or ""
+        token_ids = self.tokenizer(bos + body + END_OF_CHUNK, add_special_tokens=False)["input_ids"]
+        labelled = [not (i == 0 and bos) for i in range(len(token_ids))]
+        return self._finish(raw, token_ids, labelled, images)
+
+
+class ChatEncoder(_Encoder):
+    """Fine-tuning: a LLaVA conversation through the AKI chat template; the answers (with their end token) are
+    labelled, the prompt is not.
+
+    Images go where their ``<image>`` marks are (``order="as_is"``), or first / last within their user turn.
+    """
+
+    def encode(self, raw: RawSample, *, flip: bool = False) -> Encoded:
+        images = self._images(raw, flip)
+        if raw.conversations is None:
+            raise BadSample(raw.id, "a fine-tuning sample needs 'conversations'")
+        width = images[0].width if images else 1
+        messages = [self._message(raw, turn, flip=flip, image_width=width) for turn in raw.conversations]
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=self.processor.chat_template,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+            )
+        except Exception as error:  # jinja's raise_exception and template errors: this sample's fault
+            raise BadSample(raw.id, f"the chat template failed: {error}") from None
+        labelled = [bool(flag) for flag in rendered["assistant_masks"]]
+        return self._finish(raw, list(rendered["input_ids"]), labelled, images)
+
+    def _message(
+        self, raw: RawSample, turn: dict[str, str], *, flip: bool, image_width: int
+    ) -> dict[str, Any]:
+        role = _SPEAKERS.get(turn["from"])
+        if not isinstance(turn["value"], str):
+            raise BadSample(raw.id, f"a turn's 'value' must be a string, got {type(turn['value']).__name__}")
+        if role is None:
+            raise BadSample(raw.id, f"unknown speaker {turn['from']!r}; expected one of {sorted(_SPEAKERS)}")
+        text = flip_text(turn["value"], image_width=image_width) if flip else turn["value"]
+        items = [
+            {"type": "image"} if piece == "<image>" else {"type": "text", "text": piece.strip()}
+            for piece in _IMAGE_SPLIT.split(text)
+            if piece.strip()
+        ]
+        if role != "user" and any(item["type"] == "image" for item in items):
+            raise BadSample(raw.id, f"a {turn['from']!r} turn holds <image>: images belong to user turns")
+        if self.order != "as_is":
+            first = "image" if self.order == "image_first" else "text"
+            items.sort(key=lambda item: item["type"] != first)  # stable: keeps the order within each kind
+        return {"role": role, "content": items}
+
+
+def collate(samples: list[Encoded], *, pad_token_id: int, image_processor: Any) -> dict[str, torch.Tensor]:
+    """Right-pad encoded samples into a batch: ``input_ids``, ``attention_mask``, ``labels``, ``mma_roles``
+    ``(B, L)`` and ``pixel_values`` ``(N, 3, H, W)`` (images in placeholder order; absent without images).
+    """
+    length = max(len(sample.input_ids) for sample in samples)
+    rows: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": [], "mma_roles": []}
+    for sample in samples:
+        gap = length - len(sample.input_ids)
+        rows["input_ids"].append(sample.input_ids + [pad_token_id] * gap)
+        rows["attention_mask"].append([1] * len(sample.input_ids) + [0] * gap)
+        rows["labels"].append(sample.labels + [IGNORE_INDEX] * gap)
+        rows["mma_roles"].append(sample.roles + [int(Role.TEXT)] * gap)
+    batch = {key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()}
+    images = [image for sample in samples for image in sample.images]
+    if images:
+        batch["pixel_values"] = image_processor(images, return_tensors="pt")["pixel_values"]
+    return batch
+
+
+__all__ = ["CaptionEncoder", "ChatEncoder", "Encoded", "collate"]

@@ -1,0 +1,287 @@
+"""Where training samples come from: caption files, LLaVA conversations, webdataset shards, synthetic scenes.
+
+A source yields :class:`RawSample` records: an id, image references (a path, encoded bytes or a PIL image;
+decoded later, so that a damaged file is reported with its sample) and either a caption (pre-training) or a
+LLaVA conversation (fine-tuning). A record that cannot be read carries a ``problem`` instead of raising. Map-style sources (:class:`IndexedSource`) have a length and are read by
+index; webdataset shards (:class:`ShardSource`) are read sequentially, one shard after another.
+
+Formats (``format:`` of a source in the YAML config):
+
+* ``jsonl``: one ``{"image": path, "caption": text}`` per line (optional ``"id"``); paths relative to the file.
+* ``folder``: ``name.{jpg,jpeg,png,webp}`` with the caption in ``name.txt`` beside it.
+* ``llava``: a JSON list (or JSON lines) of ``{"id", "image": path | [paths], "conversations": [{"from":
+  "human" | "gpt" | "system", "value"}]}``; ``<image>`` marks where each image goes.
+* ``webdataset``: tar shards (brace patterns such as ``shards/{000..099}.tar``) whose samples hold an image
+  (``jpg``, ``jpeg``, ``png`` or ``webp``) and a caption (``txt``, or ``json`` with a ``caption`` field).
+* ``synthetic``: scenes of :mod:`aki.data.synthetic`, made on the fly (captions or one-question chats).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from . import synthetic
+from .config import SourceConfig
+
+ImageRef = str | bytes | Image.Image
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+class BadSample(ValueError):
+    """A sample that cannot be trained on (missing or corrupt image, too long, placeholder mismatch ...).
+
+    The message names the sample; the stream skips and counts it or stops the run (``data.on_bad_sample``).
+    """
+
+    def __init__(self, sample_id: str, reason: str) -> None:
+        super().__init__(f"bad sample {sample_id!r}: {reason}")
+        self.sample_id = sample_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One record as a source stores it: images not yet decoded, text not yet tokenized."""
+
+    id: str
+    images: tuple[ImageRef, ...]
+    caption: str | None = None
+    conversations: tuple[dict[str, str], ...] | None = None
+    problem: str | None = None  # why the record cannot be used (reported as a bad sample by the stream)
+
+
+class IndexedSource(Protocol):
+    """A source with random access: ``len(source)`` records, ``source[i]`` reads one."""
+
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> RawSample: ...
+
+
+def load_image(reference: ImageRef, sample_id: str) -> Image.Image:
+    """Decode an image reference to an RGB PIL image; :class:`BadSample` naming the sample if it cannot be read."""
+    try:
+        if isinstance(reference, Image.Image):
+            reference.load()
+            image = reference
+        elif isinstance(reference, bytes):
+            with Image.open(io.BytesIO(reference)) as opened:
+                opened.load()
+                image = opened.copy()
+        else:
+            with Image.open(reference) as opened:
+                opened.load()
+                image = opened.copy()
+    except FileNotFoundError:
+        raise BadSample(sample_id, f"image file {str(reference)!r} does not exist") from None
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for unknown or damaged data
+        where = f"image file {str(reference)!r}" if isinstance(reference, str) else "its image"
+        raise BadSample(sample_id, f"{where} could not be decoded: {error}") from None
+    return image.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------------
+# Map-style sources
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON list file or a JSON-lines file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from None
+    return records
+
+
+class _RecordFile:
+    """A JSON list or JSON-lines file of records; image paths relative to ``image_root`` (default: its folder)."""
+
+    def __init__(
+        self, path: str | Path, *, image_root: str | Path | None = None, name: str | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.records = _read_records(self.path)
+        self.image_root = Path(image_root) if image_root is not None else self.path.parent
+        self.name = name or self.path.stem
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _record(self, index: int) -> tuple[str, dict[str, Any]]:
+        record = self.records[index]
+        return f"{self.name}:{record.get('id', index)}", record
+
+
+class CaptionFile(_RecordFile):
+    """``jsonl`` captions: ``{"image": path, "caption": text}`` per line."""
+
+    def __getitem__(self, index: int) -> RawSample:
+        sample_id, record = self._record(index)
+        if not isinstance(record.get("caption"), str) or not isinstance(record.get("image"), str):
+            return RawSample(
+                sample_id, (), problem=f"a caption record needs string 'image' and 'caption', got {record}"
+            )
+        return RawSample(sample_id, (str(self.image_root / record["image"]),), caption=record["caption"])
+
+
+class CaptionFolder:
+    """``folder`` captions: every ``name.{jpg,jpeg,png,webp}`` with a ``name.txt`` beside it, in name order."""
+
+    def __init__(self, path: str | Path, *, name: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"caption folder {str(self.path)!r} does not exist")
+        self.images = sorted(
+            p
+            for p in self.path.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.with_suffix(".txt").is_file()
+        )
+        self.name = name or self.path.name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> RawSample:
+        image = self.images[index]
+        caption = image.with_suffix(".txt").read_text().strip()
+        return RawSample(f"{self.name}:{image.stem}", (str(image),), caption=caption)
+
+
+class LlavaFile(_RecordFile):
+    """``llava`` conversations: ``{"id", "image": path | [paths], "conversations": [...]}`` records."""
+
+    def __getitem__(self, index: int) -> RawSample:
+        sample_id, record = self._record(index)
+        turns = record.get("conversations")
+        if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and "from" in t and "value" in t for t in turns
+        ):
+            return RawSample(
+                sample_id, (), problem="'conversations' must be a list of {'from', 'value'} turns"
+            )
+        images = record.get("image") or []
+        images = [images] if isinstance(images, str) else list(images)
+        return RawSample(
+            sample_id, tuple(str(self.image_root / p) for p in images), conversations=tuple(turns)
+        )
+
+
+class SyntheticScenes:
+    """``synthetic`` scenes made on the fly: sample ``i`` is ``make_sample(split, i)``; captions or chats."""
+
+    def __init__(
+        self, *, size: int, split: str = "train", seed: int = 0, image_size: int = 64, name: str | None = None
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a synthetic source needs size >= 1, got {size}")
+        self.size, self.split, self.seed, self.image_size = size, split, seed, image_size
+        self.name = name or f"synthetic-{split}"
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> RawSample:
+        sample = synthetic.make_sample(self.split, index, seed=self.seed, image_size=self.image_size)
+        record = sample.to_llava("")
+        return RawSample(
+            f"{self.name}:{sample.id}",
+            (sample.image,),
+            caption=synthetic.caption(sample.scene),
+            conversations=tuple(record["conversations"]),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Webdataset shards
+# --------------------------------------------------------------------------------------------------
+
+
+class ShardSource:
+    """``webdataset`` tar shards of image + caption samples, read one shard at a time.
+
+    ``samples(shard)`` yields the records of one shard in stored order; which shards a rank and worker read,
+    and in which order, is the stream's business (:mod:`aki.data.stream`).
+    """
+
+    def __init__(self, urls: str | list[str], *, name: str | None = None) -> None:
+        from webdataset.shardlists import expand_urls
+
+        self.shards = list(expand_urls(urls)) if isinstance(urls, str) else list(urls)
+        if not self.shards:
+            raise ValueError(f"no webdataset shards match {urls!r}")
+        self.name = name or Path(self.shards[0]).parent.name or "webdataset"
+
+    def samples(self, shard: int) -> Iterator[RawSample]:
+        import webdataset
+
+        for record in webdataset.tarfile_samples([{"url": self.shards[shard]}]):
+            sample_id = f"{self.name}:{record['__key__']}"
+            image = next((record[k] for k in ("jpg", "jpeg", "png", "webp") if k in record), None)
+            caption = _shard_caption(record)
+            if image is None or caption is None:
+                fields = sorted(k for k in record if not k.startswith("__"))
+                problem = f"a shard sample needs an image (jpg/jpeg/png/webp) and a caption (txt/json), has {fields}"
+                yield RawSample(sample_id, (), problem=problem)
+            else:
+                yield RawSample(sample_id, (image,), caption=caption)
+
+
+def open_source(config: SourceConfig) -> IndexedSource | ShardSource:
+    """The reader of one configured source (see the module docstring for the formats)."""
+    if config.format == "synthetic":
+        return SyntheticScenes(
+            size=config.size,
+            split=config.split,
+            seed=config.seed,
+            image_size=config.image_size,
+            name=config.name,
+        )
+    if not config.path:
+        raise ValueError(f"a {config.format!r} source needs a path")
+    if config.format == "webdataset":
+        return ShardSource(config.path, name=config.name)
+    if config.format == "folder":
+        return CaptionFolder(config.path, name=config.name)
+    reader = CaptionFile if config.format == "jsonl" else LlavaFile
+    return reader(config.path, image_root=config.image_root, name=config.name)
+
+
+def _shard_caption(record: dict[str, Any]) -> str | None:
+    if "txt" in record:
+        return record["txt"].decode("utf-8").strip()
+    if "json" in record:
+        caption = json.loads(record["json"]).get("caption")
+        return caption if isinstance(caption, str) else None
+    return None
+
+
+__all__ = [
+    "BadSample",
+    "CaptionFile",
+    "CaptionFolder",
+    "IndexedSource",
+    "LlavaFile",
+    "RawSample",
+    "ShardSource",
+    "SyntheticScenes",
+    "load_image",
+    "open_source",
+]

@@ -1,0 +1,90 @@
+"""``aki train pretrain`` and ``aki train sft``: a YAML config plus ``key=value`` overrides, then the recipe.
+
+Examples::
+
+    aki train pretrain                                    # the tiny CPU demo (configs/pretrain.yaml)
+    aki train sft --config paper/sft_4b.yaml optim.lr=1e-5
+    aki train sft model.attention=causal output_dir=runs/sft-causal --resume
+    accelerate launch --multi_gpu --num_processes 2 -m aki.train.cli sft   # 2 processes (gloo on a CPU)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="train",
+    help="Train AKI: pre-training on captions, fine-tuning on conversations (accelerate).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config over the stage's defaults; also a packaged one such as paper/sft_4b.yaml.",
+    ),
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Overrides key=value, e.g. optim.lr=1e-4 model.attention=causal steps=50."),
+]
+ResumeOption = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue from the latest checkpoint in output_dir (if there is one)."),
+]
+PrintOption = Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")]
+
+
+def _run(
+    stage: str, config_path: Path | None, overrides: list[str] | None, resume: bool, print_only: bool
+) -> None:
+    import yaml
+
+    from .config import load_config
+    from .recipe import DataError, run
+
+    extra = [*(overrides or []), *(["checkpoint.resume=auto"] if resume else [])]
+    try:
+        config = load_config(stage, config_path, extra)
+    except (ValueError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error)) from error
+    if print_only:
+        typer.echo(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return
+    try:
+        run(config)
+    except DataError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+
+
+@app.command()
+def pretrain(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    resume: ResumeOption = False,
+    print_config: PrintOption = False,
+) -> None:
+    """Pre-train on image-caption pairs ("<image>{caption}<|endofchunk|>", causal attention)."""
+    _run("pretrain", config, overrides, resume, print_config)
+
+
+@app.command()
+def sft(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    resume: ResumeOption = False,
+    print_config: PrintOption = False,
+) -> None:
+    """Fine-tune on LLaVA-format conversations (Modality-Mutual Attention by default)."""
+    _run("sft", config, overrides, resume, print_config)
+
+
+if __name__ == "__main__":
+    app()

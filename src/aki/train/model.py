@@ -1,0 +1,97 @@
+"""The model side of a recipe: tokenizer, processor and AKI model from a :class:`ModelConfig`, with the
+attention mode, freeze policy and optional LoRA applied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import AutoTokenizer
+
+from ..data.synthetic import vocabulary
+from ..models.aki import AkiForConditionalGeneration, AkiProcessor, builders
+from .config import LoraConfig, ModelConfig
+
+
+def synthetic_tokenizer() -> Any:
+    """The word-level tokenizer of the synthetic scenes: every word of their questions, answers and captions."""
+    return builders.tiny_tokenizer([" ".join(vocabulary())])
+
+
+TOKENIZERS = {"synthetic": synthetic_tokenizer}
+
+
+def load_tokenizer(name: str) -> Any:
+    """A tokenizer directory, or a name of :data:`TOKENIZERS` (``synthetic``)."""
+    if name in TOKENIZERS:
+        return TOKENIZERS[name]()
+    if Path(name).is_dir():
+        return AutoTokenizer.from_pretrained(name)
+    raise ValueError(f"model.tokenizer {name!r} is neither a directory nor one of {sorted(TOKENIZERS)}")
+
+
+def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGeneration, AkiProcessor]:
+    """``(trainable, model, processor)``: ``model`` is the AKI model, ``trainable`` the module to optimise
+    (the model itself, or its peft wrapper with LoRA). Call it after seeding: a fresh model's weights are random.
+
+    From ``init``, the processor saved there is used unless ``tokenizer`` names another; a fresh model is
+    built by ``builder`` around ``tokenizer`` (which is then required).
+    """
+    if config.init is not None:
+        model = AkiForConditionalGeneration.from_pretrained(config.init)
+        if config.tokenizer is None:
+            processor = AkiProcessor.from_pretrained(config.init)
+        else:
+            processor = AkiProcessor.for_model(model.config, load_tokenizer(config.tokenizer))
+    else:
+        if config.tokenizer is None:
+            raise ValueError("model.tokenizer is needed to build a fresh model (model.init is None)")
+        if not config.builder.startswith("aki_") or not hasattr(builders, config.builder):
+            raise ValueError(f"unknown model.builder {config.builder!r}; use one of {builders.__all__}")
+        tokenizer = load_tokenizer(config.tokenizer)
+        model_config = getattr(builders, config.builder)(tokenizer, **config.builder_args)
+        processor = AkiProcessor.for_model(model_config, tokenizer)
+        model = AkiForConditionalGeneration(model_config)
+    if processor.num_image_tokens != model.config.num_latents:
+        raise ValueError(
+            f"the processor expands <image> to {processor.num_image_tokens} tokens but the model has "
+            f"{model.config.num_latents} latents"
+        )
+    model.set_attn_implementation(config.attn_implementation)
+    model.set_mma(config.attention == "mma")
+    model.set_trainable(
+        vision_tower=config.train_vision_tower,
+        resampler=config.train_resampler,
+        language_model=config.train_language_model and config.lora is None,
+    )
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    trainable = model if config.lora is None else add_lora(model, config.lora)
+    return trainable, model, processor
+
+
+def add_lora(model: AkiForConditionalGeneration, config: LoraConfig) -> nn.Module:
+    """LoRA adapters on ``config.target_modules`` of the language model only (peft); other trainable parts
+    (the resampler) stay trainable. ``merge_and_unload()`` of the result gives a plain AKI model back.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    targets = "|".join(config.target_modules)
+    peft_config = PeftLoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=rf"language_model\..*\.({targets})",
+    )
+    wrapped = get_peft_model(model, peft_config)
+    for name, parameter in model.named_parameters():  # peft froze everything but the adapters
+        if name in trainable:
+            parameter.requires_grad_(True)
+    return wrapped
+
+
+__all__ = ["TOKENIZERS", "add_lora", "build_model", "load_tokenizer", "synthetic_tokenizer"]
