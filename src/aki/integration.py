@@ -50,7 +50,7 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
-from .mma import MmaLayout, mma_layout, roles_from_labels
+from .mma import MmaLayout, Role, mma_layout, roles_from_labels
 
 __all__ = ["MMA_IMPLEMENTATIONS", "disable_mma", "enable_mma", "is_mma_enabled", "mma_context"]
 
@@ -393,7 +393,7 @@ class _MmaModel:
             if input_ids is None or not media_ids:
                 return None
             mma_roles = roles_from_labels(input_ids, media_ids, kwargs.get("labels"))
-            if not bool((mma_roles == 1).any()):
+            if not bool((mma_roles == Role.MEDIA).any()):
                 return None
         mma_roles = torch.as_tensor(
             mma_roles, device=(input_ids if input_ids is not None else mma_roles).device
@@ -491,6 +491,23 @@ def _mma_class(base: type) -> type:
     )
     forward.__doc__ = base_forward.__doc__
     namespace = {"forward": forward, "__module__": base.__module__, "_aki_base_class": base}
+    if hasattr(base, "generate"):
+        base_generate = base.generate
+
+        @functools.wraps(base_generate)
+        def generate(self, inputs=None, *args, mma_roles: torch.Tensor | None = None, **kwargs):
+            # Derive a VLM's roles from the prompt once, so every generated position is RESPONSE, also
+            # when decoding without a cache runs the grown sequence again.
+            input_ids = inputs if isinstance(inputs, torch.Tensor) else kwargs.get("input_ids")
+            media_ids = _media_token_ids(self.config)
+            if mma_roles is None and input_ids is not None and media_ids:
+                derived = roles_from_labels(input_ids, media_ids)
+                mma_roles = derived if bool((derived == Role.MEDIA).any()) else None
+            if mma_roles is not None:
+                kwargs["mma_roles"] = mma_roles
+            return base_generate(self, inputs, *args, **kwargs)
+
+        namespace["generate"] = generate
     return type(base.__name__, (_MmaModel, base), namespace)
 
 

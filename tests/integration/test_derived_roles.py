@@ -48,3 +48,20 @@ def test_a_label_on_an_image_token_is_refused():
     labels = inputs["input_ids"].clone()  # every position labelled, image tokens included
     with pytest.raises(ValueError, match="media token position carries a label"):
         build("llava", mma=True)(**inputs, labels=labels)
+
+
+def test_generation_without_roles_derives_them_once_so_uncached_equals_cached():
+    """generate() fixes the derived roles to the prompt: generated tokens stay RESPONSE without a cache too.
+
+    Derived per forward instead, the uncached steps would read the generated tokens as TEXT that the
+    image tokens may see, and the scores would drift from the cached run.
+    """
+    inputs, _ = batch("llava", ["T M M M M T T T", "T T M M M M T T"])
+    model = build("llava", mma=True)
+    kwargs = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    inputs.pop("position_ids")
+    cached = model.generate(**inputs, **kwargs)
+    uncached = model.generate(**inputs, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for step_cached, step_uncached in zip(cached.scores, uncached.scores, strict=True):
+        torch.testing.assert_close(step_cached, step_uncached, atol=1e-5, rtol=0)
