@@ -1,11 +1,14 @@
-"""``aki eval``: score benchmark predictions offline and compare two results.
+"""``aki eval``: run a model on a local benchmark file, score predictions offline, compare two results.
 
-A typer sub-app (``app``) that the main CLI mounts as ``aki eval``. The commands only read files,
-call :mod:`aki.eval.scorers` and print rich tables; every metric is defined there.
+A typer sub-app (``app``) that the main CLI mounts as ``aki eval``. ``run`` loads a saved AKI model and calls
+:mod:`aki.eval.run`; ``score`` and ``compare`` only read files. Every metric is defined in
+:mod:`aki.eval.scorers`; the commands print rich tables.
 
 Example:
+    aki eval run --model checkpoints/aki --benchmark pope --data pope.parquet --no-mma --output out
+    aki eval run --model checkpoints/aki --benchmark pope --data pope.parquet --mma --output out
     aki eval score pope --predictions preds.jsonl --answers pope.jsonl --output pope.results.json
-    aki eval compare causal.results.json mma.results.json --plot compare.png
+    aki eval compare out/pope-causal.results.json out/pope-mma.results.json --plot compare.png
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from aki.eval.report import digits_for, format_value
 from aki.eval.scorers import MetricComparison, compare_results, load_results, score_files, write_results
 
-app = typer.Typer(help="Score benchmark predictions offline and compare results.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run a model on a benchmark, score predictions offline and compare results.", no_args_is_help=True
+)
 
 _SHOWN_IDS = 10  # malformed / missing ids listed on the terminal; the results JSON has them all
 
@@ -32,6 +38,70 @@ class Benchmark(str, Enum):
     pope = "pope"
     mme = "mme"
     mmbench = "mmbench"
+
+
+@app.command("run")
+def run_command(
+    model: Annotated[
+        Path, typer.Option(exists=True, file_okay=False, help="Saved AKI directory (model and processor).")
+    ],
+    benchmark: Annotated[Benchmark, typer.Option(case_sensitive=False, help="Benchmark of the data file.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Benchmark file (parquet, JSON, JSONL, TSV) in its public layout.",
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory for the three output files.")
+    ] = Path("aki-eval"),
+    mma: Annotated[
+        bool | None,
+        typer.Option("--mma/--no-mma", help="Modality-Mutual Attention on or off (default: as saved)."),
+    ] = None,
+    attn_implementation: Annotated[
+        str, typer.Option(help="Attention backend: sdpa, eager or flex_attention.")
+    ] = "sdpa",
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per generate call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer in tokens.")] = 64,
+    limit: Annotated[int | None, typer.Option(min=1, help="Answer only the first N questions.")] = None,
+    device: Annotated[str | None, typer.Option(help="Device (default: cuda if available, else cpu).")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+) -> None:
+    """Answer every question of DATA with MODEL, score the answers, write predictions, results and a table.
+
+    Files in OUTPUT: {benchmark}-{mma|causal}.predictions.jsonl, .results.json and .results.md.
+    """
+    from aki.eval.inference import AkiRunner
+    from aki.eval.run import run_benchmark, write_run
+
+    console = Console()
+    try:
+        runner = AkiRunner.from_pretrained(
+            model,
+            mma=mma,
+            attn_implementation=attn_implementation,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+        )
+        results, predictions = run_benchmark(
+            runner, benchmark.value, data, max_new_tokens=max_new_tokens, limit=limit
+        )
+    except (ValueError, TypeError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=1) from error
+    stem = f"{benchmark.value}-{'mma' if runner.mma else 'causal'}"
+    files = write_run(results, predictions, output, stem=stem)
+    _print_metrics(console, results, title=f"{benchmark.value}: {model.name} ({stem})")
+    run = results["run"]
+    console.print(
+        f"{run['examples']} examples in {run['seconds']:.1f} s ({run['examples_per_second']:.2f}/s)"
+    )
+    for path in files:
+        console.print(f"wrote {path}")
 
 
 @app.command("score")
@@ -55,12 +125,7 @@ def score_command(
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=1) from error
-    table = Table(title=f"{benchmark.value}: {predictions.name}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in results["metrics"].items():
-        table.add_row(name, _format(value, digits=_digits(value)))
-    console.print(table)
+    _print_metrics(console, results, title=f"{benchmark.value}: {predictions.name}")
     counts = results["counts"]
     console.print(
         f"{counts['answers']} answers, {counts['predictions']} predictions, {counts['correct']} correct; "
@@ -99,12 +164,12 @@ def compare_command(
     table.add_column(b.stem, justify="right")
     table.add_column("B - A", justify="right")
     for row in rows:
-        digits = _digits(row.a, row.b)
+        digits = digits_for(row.a, row.b)
         table.add_row(
             row.name,
-            _format(row.a, digits=digits),
-            _format(row.b, digits=digits),
-            _format(row.difference, digits=digits, signed=True),
+            format_value(row.a, digits=digits),
+            format_value(row.b, digits=digits),
+            format_value(row.difference, digits=digits, signed=True),
         )
     console.print(table)
     if plot is not None:
@@ -116,15 +181,13 @@ def compare_command(
         console.print(f"wrote {plot}")
 
 
-def _format(value: float | None, *, digits: int, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _digits(*values: float | None) -> int:
-    """Four decimals for rates in [0, 1], two for points (MME scores)."""
-    return 4 if all(value is None or abs(value) <= 1 for value in values) else 2
+def _print_metrics(console: Console, results: dict, *, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in results["metrics"].items():
+        table.add_row(name, format_value(value, digits=digits_for(value)))
+    console.print(table)
 
 
 def _plot_comparison(rows: list[MetricComparison], *, labels: tuple[str, str], path: Path) -> None:
@@ -138,8 +201,8 @@ def _plot_comparison(rows: list[MetricComparison], *, labels: tuple[str, str], p
     shared = [row for row in rows if row.a is not None and row.b is not None]
     if not shared:
         raise ValueError("the two results have no metric in common to plot")
-    rates = [row for row in shared if _digits(row.a, row.b) == 4]
-    points = [row for row in shared if _digits(row.a, row.b) == 2]
+    rates = [row for row in shared if digits_for(row.a, row.b) == 4]
+    points = [row for row in shared if digits_for(row.a, row.b) == 2]
     panels = [panel for panel in (rates, points) if panel]
     width = 0.4
     longest = max(len(panel) for panel in panels)

@@ -67,7 +67,7 @@ import re
 import string
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -456,14 +456,19 @@ def _yes_no_answer(row: Row) -> str:
 # ----------------------------------------------------------------------------- CV-Bench
 
 
-def _cvbench_letters(row: Row) -> str:
+def _cvbench_choices(row: Row) -> Sequence[Any]:
+    """The row's ``choices``: a list (JSON), an array (parquet) or JSON text (TSV)."""
     choices = _field(row, "choices")
     if isinstance(choices, str):
         try:
             choices = json.loads(choices)
         except json.JSONDecodeError as error:
             raise ValueError(f"answer row {row['id']!r}: choices {choices!r} is not a JSON list") from error
-    return string.ascii_uppercase[: len(choices)]
+    return choices
+
+
+def _cvbench_letters(row: Row) -> str:
+    return string.ascii_uppercase[: len(_cvbench_choices(row))]
 
 
 def score_cvbench(predictions: Mapping[Any, Any], answers: Iterable[Row]) -> dict[str, Any]:
