@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from ..models.aki.image_processing_aki import load_strictly
 from . import synthetic
 from .config import SourceConfig
 
@@ -71,16 +72,10 @@ def load_image(reference: ImageRef, sample_id: str) -> Image.Image:
     """Decode an image reference to an RGB PIL image; :class:`BadSample` naming the sample if it cannot be read."""
     try:
         if isinstance(reference, Image.Image):
-            reference.load()
-            image = reference
-        elif isinstance(reference, bytes):
-            with Image.open(io.BytesIO(reference)) as opened:
-                opened.load()
-                image = opened.copy()
+            image = load_strictly(reference)
         else:
-            with Image.open(reference) as opened:
-                opened.load()
-                image = opened.copy()
+            with Image.open(io.BytesIO(reference) if isinstance(reference, bytes) else reference) as opened:
+                image = load_strictly(opened).copy()
     except FileNotFoundError:
         raise BadSample(sample_id, f"image file {str(reference)!r} does not exist") from None
     except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for unknown or damaged data

@@ -1,0 +1,217 @@
+"""The OpenAI chat-completions wire format: request parsing into engine inputs, and response bodies.
+
+Parsing is strict where a mistake would change the answer (unknown roles and part types, ``n`` > 1, values out
+of range) and lenient where OpenAI clients send extra fields (unknown top-level keys are ignored). Every problem
+becomes an :class:`~aki.serve.engine.InputError` whose message names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine import Completion, InputError, Limits, Message, SamplingParams
+from .images import decode_data_url, open_image_file
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Part):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(_Part):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(_Part):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of ``POST /v1/chat/completions`` that this server reads (others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+
+    def sampling_params(self, *, default_max_tokens: int) -> SamplingParams:
+        """Greedy unless ``temperature`` > 0 (an omitted temperature is greedy, so answers are reproducible)."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > 4:
+            raise InputError(f"stop has {len(stop)} strings; at most 4 are allowed")
+        return SamplingParams(
+            max_new_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            temperature=self.temperature or 0.0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=tuple(stop),
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+def parse_request(body: bytes) -> ChatCompletionRequest:
+    """The request of a raw JSON body; :class:`InputError` naming the problem when it is not one."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"the request body is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise InputError(f"the request body must be a JSON object, got {type(data).__name__}")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as error:
+        problems = [
+            f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]
+        ]
+        raise InputError("invalid request: " + "; ".join(problems)) from error
+
+
+def to_engine_messages(
+    messages: list[ChatMessage], limits: Limits, *, image_dir: str | Path | None = None
+) -> list[Message]:
+    """AKI messages with decoded images: data URLs always, local files (``file://`` or a path) only inside
+    ``image_dir``; remote URLs are refused (this server fetches nothing).
+    """
+    converted = []
+    for index, message in enumerate(messages):
+        if isinstance(message.content, str):
+            converted.append({"role": message.role, "content": message.content})
+            continue
+        items: list[dict[str, Any]] = []
+        for part_index, part in enumerate(message.content):
+            if isinstance(part, TextPart):
+                items.append({"type": "text", "text": part.text})
+                continue
+            name = f"messages[{index}].content[{part_index}].image_url"
+            items.append({"type": "image", "image": _load_image(part.image_url.url, limits, image_dir, name)})
+        converted.append({"role": message.role, "content": items})
+    return converted
+
+
+def _load_image(url: str, limits: Limits, image_dir: str | Path | None, name: str) -> Any:
+    if url.startswith("data:"):
+        return decode_data_url(url, limits, name=name)
+    if url.startswith(("http://", "https://")):
+        raise InputError(f"{name} is a remote URL; this server fetches nothing: send the image as a data URL")
+    if image_dir is None:
+        raise InputError(
+            f"{name} is a local file; local image files are disabled (start the server with --image-dir DIR)",
+            status=403,
+        )
+    path = url.removeprefix("file://")
+    return open_image_file(path, limits, root=image_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Responses
+# --------------------------------------------------------------------------------------------------
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def usage(completion: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+    }
+
+
+def _finish_reason(completion: Completion) -> str:
+    return "length" if completion.finish_reason == "length" else "stop"
+
+
+def completion_body(completion: Completion, *, model: str, id_: str) -> dict[str, Any]:
+    """A ``chat.completion`` object."""
+    return {
+        "id": id_,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": _finish_reason(completion),
+            }
+        ],
+        "usage": usage(completion),
+    }
+
+
+def chunk_body(
+    *,
+    model: str,
+    id_: str,
+    delta: dict[str, str],
+    finish: Completion | None = None,
+    usage_of: Completion | None = None,
+) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` object: a text delta, the final one with its finish reason, or the usage."""
+    body: dict[str, Any] = {
+        "id": id_,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    if usage_of is not None:
+        body["choices"], body["usage"] = [], usage(usage_of)
+    else:
+        reason = None if finish is None else _finish_reason(finish)
+        body["choices"] = [{"index": 0, "delta": delta, "finish_reason": reason}]
+    return body
+
+
+def error_body(message: str, *, status: int) -> dict[str, Any]:
+    """OpenAI's error object (the ``openai`` client shows ``message``)."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
+
+
+__all__ = [
+    "ChatCompletionRequest",
+    "chunk_body",
+    "completion_body",
+    "completion_id",
+    "error_body",
+    "parse_request",
+    "sse",
+    "to_engine_messages",
+]
