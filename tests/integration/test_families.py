@@ -107,3 +107,16 @@ def test_disable_mma_restores_the_class_and_the_plain_implementation(name):
     assert text_config(model)._attn_implementation == "eager"
     inputs, _ = batch(name, layouts(name))
     assert torch.equal(logits(model, inputs), logits(build(name, "eager"), inputs))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_short_sequences_take_the_dense_sdpa_mask_with_the_same_logits(name, monkeypatch):
+    """Below ``SDPA_DENSE_MASK_MAX_KEYS`` keys, aki_mma_sdpa hands SDPA one dense mask: same rule, same logits."""
+    import aki.integration
+
+    monkeypatch.setattr(aki.integration, "SDPA_DENSE_MASK_MAX_KEYS", 512)
+    inputs, roles = batch(name, layouts(name))
+    expected = reference_logits(name, inputs, roles)
+    actual = logits(build(name, "sdpa", mma=True), inputs, roles)
+    valid = inputs["attention_mask"].bool()
+    torch.testing.assert_close(actual[valid], expected[valid], atol=1e-5, rtol=0)

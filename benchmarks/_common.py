@@ -1,0 +1,120 @@
+"""Shared helpers of the benchmark scripts: arguments, layouts, interleaved timing and report lines.
+
+Every script compares variants measured in one run: the variants alternate inside each repetition (the
+order rotates every round, so drift of the machine hits all of them alike), after a warm-up, and the
+median of each is reported. Ratio lines start with ``RATIO`` and say PASS/FAIL against a target when
+the issue names one; a missed target is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from aki.mma import parse_layout
+
+# Prompts (T = text, M = media, R = response), each followed by RESPONSE up to the sequence length.
+# One 144-token image after 32 text tokens, then a 96-token question: the AKI SFT layout.
+SINGLE_IMAGE = "T" * 32 + "M" * 144 + "T" * 96
+# Two images in the first turn, a 512-token answer, then a second turn with a third image.
+MULTI_IMAGE = (
+    "T" * 32 + "M" * 144 + "T" * 16 + "M" * 144 + "T" * 96 + "R" * 512 + "T" * 32 + "M" * 144 + "T" * 96
+)
+# The same layouts shrunk for --quick runs.
+QUICK_SINGLE_IMAGE = "T" * 8 + "M" * 36 + "T" * 24
+QUICK_MULTI_IMAGE = (
+    "T" * 8 + "M" * 36 + "T" * 4 + "M" * 36 + "T" * 24 + "R" * 32 + "T" * 8 + "M" * 36 + "T" * 24
+)
+
+
+# What a sample measures: elapsed time, or CPU time of this process (all its threads; at one thread it
+# does not count the time other processes hold the core, but it does count OpenMP spin-waits).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter  # set by parse_args (--clock)
+
+
+def parse_args(description: str, *, default_repeats: int) -> argparse.Namespace:
+    """Common flags (``--quick``, ``--repeats``, ``--threads``, ``--clock``); applies them and prints the setup."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="reduced sizes that run in a few seconds")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help=f"timed repetitions (default {default_repeats})"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (default); cpu: CPU time of this process, steadier on a busy machine with --threads 1",
+    )
+    args = parser.parse_args()
+    args.repeats = args.repeats or (2 if args.quick else default_repeats)
+    torch.set_num_threads(args.threads)
+    global _clock
+    _clock = CLOCKS[args.clock]
+    print(
+        f"# torch {torch.__version__}, python {platform.python_version()}, threads {torch.get_num_threads()}, "
+        f"{args.clock} clock, repeats {args.repeats}{', QUICK sizes' if args.quick else ''}, "
+        f"load average at start {os.getloadavg()[0]:.2f} (other processes on the machine skew timings)"
+    )
+    return args
+
+
+def layout_roles(prompt: str, *, batch: int, length: int) -> torch.Tensor:
+    """Roles ``[batch, length]``: the ``prompt`` layout (``"TTMMT..."``), then RESPONSE up to ``length``."""
+    if len(prompt) >= length:
+        raise ValueError(f"layout of {len(prompt)} prompt tokens does not fit a sequence of length {length}")
+    return parse_layout(prompt + "R" * (length - len(prompt))).expand(batch, length).clone()
+
+
+def time_interleaved(
+    variants: dict[str, Callable[[], object]],
+    *,
+    repeats: int,
+    warmup: int = 1,
+) -> dict[str, float]:
+    """Median seconds of each variant (on the ``--clock``), the variants alternating within every repetition."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
+    gc.disable()  # a collection inside one sample would bill one variant for garbage of all
+    try:
+        for round_index in range(repeats):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = _clock()
+                variants[name]()
+                samples[name].append(_clock() - start)
+    finally:
+        gc.enable()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def print_times(title: str, medians: dict[str, float], baseline: str) -> None:
+    """A small table: median milliseconds of each variant and its ratio to ``baseline``."""
+    print(f"\n## {title}")
+    for name, seconds in medians.items():
+        print(f"  {name:<48} {seconds * 1e3:10.2f} ms  {seconds / medians[baseline]:6.2f}x")
+
+
+def report_ratio(label: str, value: float, *, target: float | None = None) -> None:
+    """One ``RATIO`` line, with PASS/FAIL when the issue names a target (the ratio must not exceed it)."""
+    verdict = (
+        "" if target is None else f"  [target <= {target:.2f}x: {'PASS' if value <= target else 'FAIL'}]"
+    )
+    print(f"RATIO {label}: {value:.2f}x{verdict}")
+
+
+def report_check(label: str, passed: bool, detail: str) -> None:
+    """One ``CHECK`` line: a correctness condition the measured variants must meet."""
+    print(f"CHECK {label}: {'PASS' if passed else 'FAIL'} ({detail})")
