@@ -87,7 +87,11 @@ def _mount_subcommands() -> None:
     register_commands(app)
     app.add_typer(convert_app, name="convert")
     app.add_typer(train_app, name="train", help="Pre-train and fine-tune (MMA or causal) from YAML configs.")
-    app.add_typer(eval_app, name="eval", help="Evaluate models on local benchmark files, score predictions offline, compare results.")
+    app.add_typer(
+        eval_app,
+        name="eval",
+        help="Evaluate models on local benchmark files, score predictions offline, compare results.",
+    )
 
 
 _mount_subcommands()
