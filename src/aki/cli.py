@@ -81,9 +81,11 @@ def convert_reference(
 
 def _mount_subcommands() -> None:
     from .eval.cli import app as eval_app
+    from .quickstart.cli import quickstart
     from .serve.cli import register_commands
     from .train.cli import app as train_app
 
+    app.command("quickstart")(quickstart)
     register_commands(app)
     app.add_typer(convert_app, name="convert")
     app.add_typer(train_app, name="train", help="Pre-train and fine-tune (MMA or causal) from YAML configs.")

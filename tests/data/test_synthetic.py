@@ -399,17 +399,22 @@ def test_chance_levels_by_hand(train):
 # ---------------------------------------------------------------- captions and vocabulary
 
 
-def test_caption_lists_every_shape_in_reading_order():
+def test_caption_lists_every_shape_by_colour_then_kind():
     scene = Scene(
         (
             Shape("circle", "red", "small", 0.15, 0.15),
             Shape("square", "blue", "large", 0.5, 0.5),
             Shape("star", "green", "medium", 0.85, 0.9),
+            Shape("circle", "blue", "medium", 0.85, 0.15),
         )
     )
     assert caption(scene) == (
-        "a small red circle at the top left, a large blue square in the middle, "
-        "a medium green star at the bottom right."
+        "red circle, small, at the top left. green star, medium, at the bottom right. "
+        "blue circle, medium, at the top right. blue square, large, in the middle."
+    )
+    assert scene.signature() == (
+        "a large blue square in the middle; a medium blue circle at the top right; "
+        "a medium green star at the bottom right; a small red circle at the top left"
     )
     assert location(Shape("diamond", "cyan", "small", 0.3333, 0.5)) == "on the left"
     assert location(Shape("diamond", "cyan", "small", 0.34, 0.66)) == "in the middle"

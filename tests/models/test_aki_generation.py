@@ -66,9 +66,10 @@ def test_prefill_logits_are_the_mma_forward_logits(model, processor):
             **batch, max_new_tokens=1, output_logits=True, return_dict_in_generate=True
         ).logits[0]
         causal_forward = model(**batch).logits[:, -1]
-    assert torch.allclose(first_step, forward, atol=1e-5)
-    assert torch.allclose(causal_first_step, causal_forward, atol=1e-5)
-    assert (first_step - causal_first_step).abs().max() > 1e-4  # the switch reaches generate
+    assert torch.allclose(first_step, forward, atol=1e-6)
+    assert torch.allclose(causal_first_step, causal_forward, atol=1e-6)
+    # the switch reaches generate: in this random model MMA moves the last logits by about 4e-5
+    assert (first_step - causal_first_step).abs().max() > 1e-5
 
 
 def test_roles_default_to_the_prompt_when_not_given(model, processor):

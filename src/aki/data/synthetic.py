@@ -90,7 +90,8 @@ _TEMPLATES = {
     "distance": "which shape is closer to the {c}?",
     "option": "({letter}) {text}",
     "letter": "answer with the letter.",
-    "caption_item": "a {size} {colour} {kind} {location}",
+    "caption_item": "{colour} {kind}, {size}, {location}",
+    "description": "a {size} {colour} {kind} {location}",
 }
 
 
@@ -227,8 +228,12 @@ class Scene:
     shapes: tuple[Shape, ...]
 
     def signature(self) -> str:
-        """Order-free description that decides the split: the sorted items of the caption."""
-        return "; ".join(sorted(_caption_item(shape) for shape in self.shapes))
+        """Order-free description that decides the split: the sorted descriptions of the shapes, each
+        "a {size} {colour} {kind} {location}" (what a caption says, so no caption is in two splits).
+        """
+        return "; ".join(
+            sorted(_TEMPLATES["description"].format(**_caption_fields(shape)) for shape in self.shapes)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"shapes": [shape.to_dict() for shape in self.shapes]}
@@ -294,18 +299,29 @@ def location(shape: Shape) -> str:
     return LOCATIONS[_cell(shape.x, shape.y)]
 
 
-def _caption_item(shape: Shape) -> str:
-    return _TEMPLATES["caption_item"].format(
-        size=shape.size, colour=shape.colour, kind=shape.kind, location=location(shape)
-    )
+def _caption_fields(shape: Shape) -> dict[str, str]:
+    return {"size": shape.size, "colour": shape.colour, "kind": shape.kind, "location": location(shape)}
+
+
+def _caption_order(shape: Shape) -> tuple[int, int]:
+    return _COLOUR_NAMES.index(shape.colour), KINDS.index(shape.kind)
 
 
 def caption(scene: Scene) -> str:
-    """Pre-training caption listing every shape in reading order.
+    """Pre-training caption listing every shape by colour (in `COLOURS` order), then kind.
 
-    Example: "a small red circle at the top left, a large blue square in the middle."
+    Example: "red circle, small, at the top left. blue square, large, in the middle."
+
+    Each item starts with the shape's name, the words questions use, and then says what the image shows of
+    it. A small model learns to ground words fastest this way: the next colour is a "which colours are
+    there" detection and the rest of an item is read from the named shape (in reading order, each item would
+    first need the shape's rank on the page).
     """
-    return ", ".join(_caption_item(shape) for shape in scene.shapes) + "."
+    items = (
+        _TEMPLATES["caption_item"].format(**_caption_fields(s))
+        for s in sorted(scene.shapes, key=_caption_order)
+    )
+    return ". ".join(items) + "."
 
 
 def _stable_hash(text: str) -> int:
@@ -320,11 +336,21 @@ def split_of(scene: Scene) -> str:
 
 def render(scene: Scene, image_size: int = 64) -> Image.Image:
     """Draw the scene as an RGB image of ``image_size`` x ``image_size`` pixels (no anti-aliasing)."""
+    return _draw(scene, image_size, "RGB", BACKGROUND, [COLOURS[shape.colour] for shape in scene.shapes])
+
+
+def render_labels(scene: Scene, image_size: int = 64) -> Image.Image:
+    """Which shape each pixel of `render` shows: a mode "L" image, 0 for background, ``i + 1`` for
+    ``scene.shapes[i]`` (the same geometry, so the same pixels; later shapes cover earlier ones).
+    """
+    return _draw(scene, image_size, "L", 0, list(range(1, len(scene.shapes) + 1)))
+
+
+def _draw(scene: Scene, image_size: int, mode: str, background: Any, fills: Sequence[Any]) -> Image.Image:
     _check_image_size(image_size)
-    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    image = Image.new(mode, (image_size, image_size), background)
     draw = ImageDraw.Draw(image)
-    for shape in scene.shapes:
-        fill = COLOURS[shape.colour]
+    for shape, fill in zip(scene.shapes, fills, strict=True):
         if shape.kind == "circle":
             draw.ellipse([v * image_size for v in shape.bbox], fill=fill)
         else:

@@ -1,7 +1,7 @@
 """``aki chat``, ``aki demo`` and ``aki serve``: thin commands over :mod:`aki.serve`.
 
-Each takes a saved AKI directory (model + processor); the default is the embedded default's fine-tuned tiny
-model, ``runs/sft-tiny/final`` (written by ``aki train pretrain && aki train sft``). ``register_commands(app)``
+Each takes a saved AKI directory (model + processor); the default is the embedded default's tiny model
+fine-tuned with MMA, ``outputs/quickstart/mma`` (written by ``aki quickstart``). ``register_commands(app)``
 adds the three commands to another typer app (the top-level ``aki``); ``python -m aki.serve.cli`` runs them alone.
 """
 
@@ -12,12 +12,12 @@ from typing import Annotated
 
 import typer
 
-DEFAULT_MODEL_DIR = Path("runs/sft-tiny/final")
+DEFAULT_MODEL_DIR = Path("outputs/quickstart/mma")
 
 ModelDir = Annotated[
     Path,
     typer.Argument(
-        help="A saved AKI directory (model + processor). Default: the tiny model of `aki train sft`."
+        help="A saved AKI directory (model + processor). Default: the MMA model of `aki quickstart`."
     ),
 ]
 MmaOption = Annotated[

@@ -204,7 +204,7 @@ class Engine:
     """Batches chat requests to one AKI model; see the module docstring.
 
     Example:
-        >>> engine = Engine.from_pretrained("runs/sft-tiny/final")  # doctest: +SKIP
+        >>> engine = Engine.from_pretrained("outputs/quickstart/mma")  # doctest: +SKIP
         >>> chat = [{"role": "user", "content": [{"type": "image", "image": picture}, {"type": "text", "text": "What is it?"}]}]
         >>> engine.submit(chat, SamplingParams(max_new_tokens=16)).result().text  # doctest: +SKIP
     """
@@ -241,7 +241,7 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, mma: bool = True, **kwargs: Any) -> Engine:
-        """Load a saved AKI directory (model + processor, e.g. ``runs/sft-tiny/final``) and start an engine."""
+        """Load a saved AKI directory (model + processor, e.g. ``outputs/quickstart/mma``) and start an engine."""
         model, processor = load_model(model_dir)
         return cls(model, processor, mma=mma, **kwargs)
 

@@ -6,7 +6,7 @@ an OpenAI error object naming the problem; nothing a client sends stops the serv
 and ``GET /health``.
 
 Example:
-    >>> app = create_app(Engine.from_pretrained("runs/sft-tiny/final"))  # doctest: +SKIP
+    >>> app = create_app(Engine.from_pretrained("outputs/quickstart/mma"))  # doctest: +SKIP
     >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
 """
 

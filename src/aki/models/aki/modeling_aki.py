@@ -40,6 +40,15 @@ class AkiPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, PerceiverResampler):
             init.normal_(module.latents, std=1.0)  # randn latents, as in the reference
+            # The reference keeps torch's default Linear init in the resampler (uniform, bound 1/sqrt(fan_in)).
+            # The library-wide normal(0.02) would make the image's contribution vanish next to the unit-scale
+            # latents at small widths: every image would resample to almost the same tokens.
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    bound = layer.in_features**-0.5
+                    init.uniform_(layer.weight, -bound, bound)
+                    if layer.bias is not None:
+                        init.uniform_(layer.bias, -bound, bound)
 
 
 class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):

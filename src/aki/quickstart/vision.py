@@ -1,0 +1,137 @@
+"""Pre-train the tiny vision tower on the synthetic scenes: the quickstart's stand-in for a pre-trained SigLIP.
+
+The real AKI starts from SigLIP, a vision tower that already sees, kept frozen while the resampler and the
+language model learn. The tiny tower starts random, and learning to see only through the gradient of caption
+tokens costs more CPU time than the whole study has. So the study first trains the tower alone on a dense,
+exactly known target: for every patch, the colour, kind and size of the shape that covers it (or background),
+read from :func:`aki.data.synthetic.render_labels`. Only the tower's weights are kept; the classification heads
+are thrown away, and from then on the tower is frozen, as in the paper.
+
+Example:
+    >>> scene = synthetic.make_sample("train", 0, image_size=48).scene
+    >>> patch_targets(scene, image_size=48, patch_size=6).shape
+    torch.Size([3, 64])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import synthetic
+
+# What each patch is taught, and the classes of each target: 0 is background, then the names in order.
+TARGETS: dict[str, tuple[str, ...]] = {
+    "colour": tuple(synthetic.COLOURS),
+    "kind": synthetic.KINDS,
+    "size": tuple(synthetic.SIZES),
+}
+
+
+def patch_targets(scene: synthetic.Scene, *, image_size: int, patch_size: int) -> torch.Tensor:
+    """``(len(TARGETS), num_patches)`` class ids, patches in row-major order: for each patch the shape
+    covering most of its pixels (at least an eighth of them), else background (0).
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    grid = image_size // patch_size
+    labels = np.asarray(synthetic.render_labels(scene, image_size), dtype=np.int64)  # (H, W)
+    patches = (
+        labels.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    )
+    counts = np.stack([(patches == index).sum(-1) for index in range(len(scene.shapes) + 1)], -1)  # (P, S+1)
+    counts[:, 0] = 0
+    owner = counts.argmax(-1)  # (P,)
+    owner[counts.max(-1) < max(1, patch_size * patch_size // 8)] = 0
+    table = np.zeros((len(TARGETS), len(scene.shapes) + 1), dtype=np.int64)
+    for index, shape in enumerate(scene.shapes, start=1):
+        for row, (attribute, names) in enumerate(TARGETS.items()):
+            table[row, index] = names.index(getattr(shape, attribute)) + 1
+    return torch.from_numpy(table[:, owner])
+
+
+class PatchHeads(nn.Module):
+    """One linear classifier per target over the tower's patch features."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(width, len(names) + 1) for names in TARGETS.values())
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:  # (N, P, D) -> [(N, P, C_t)]
+        return [head(features) for head in self.heads]
+
+
+def pretrain_vision_tower(
+    tower: nn.Module,
+    pixel_values: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    on_step: Callable[[int, float], object] | None = None,
+) -> tuple[list[float], PatchHeads]:
+    """Train ``tower`` (a ``SiglipVisionModel``) in place to classify every patch; the losses and the heads.
+
+    ``pixel_values`` ``(N, 3, H, W)`` are processed images and ``targets`` ``(N, len(TARGETS), P)`` their
+    :func:`patch_targets` (both may stay on the CPU: batches move to the tower's device). Batches are drawn with a generator seeded by ``seed``; AdamW, linear warmup over a
+    tenth of the steps, cosine decay to a tenth of ``lr``.
+    """
+    if len(pixel_values) != len(targets):
+        raise ValueError(f"{len(pixel_values)} images but {len(targets)} target rows")
+    device = next(tower.parameters()).device
+    heads = PatchHeads(tower.config.hidden_size).to(device)
+    parameters = [*tower.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        ),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    tower.train()
+    losses = []
+    for step in range(steps):
+        batch = torch.randint(len(pixel_values), (batch_size,), generator=generator)
+        features = tower(pixel_values[batch].to(device)).last_hidden_state  # (B, P, D)
+        logits = heads(features)
+        target = targets[batch].to(device)
+        loss = sum(
+            nn.functional.cross_entropy(logit.flatten(0, 1), target[:, row].flatten())
+            for row, logit in enumerate(logits)
+        ) / len(logits)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    tower.eval()
+    return losses, heads
+
+
+@torch.no_grad()
+def patch_accuracy(
+    tower: nn.Module, heads: PatchHeads, pixel_values: torch.Tensor, targets: torch.Tensor
+) -> dict:
+    """Accuracy per target over the patches that show a shape (background patches are easy)."""
+    logits = heads(tower(pixel_values).last_hidden_state)
+    shown = targets[:, 0] > 0  # (N, P)
+    return {
+        name: float((logit.argmax(-1) == targets[:, row])[shown].float().mean())
+        for row, (name, logit) in enumerate(zip(TARGETS, logits, strict=True))
+    }
+
+
+__all__ = ["TARGETS", "PatchHeads", "patch_accuracy", "patch_targets", "pretrain_vision_tower"]

@@ -1,0 +1,169 @@
+"""The quickstart end to end on the smoke preset: data, pre-training, two fine-tuned arms, evaluation, files.
+
+One small study runs once per module (seconds: a few steps of a very small model), through the command line,
+with the two arms in two worker processes;
+the tests read what it wrote. They check the files, that the saved models reload with ``from_pretrained`` and
+answer the test split exactly as reported, and the schema of results.json. Whether MMA wins is not tested: the
+study reports what it measures.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from typer.testing import CliRunner
+
+from aki.data.synthetic import Family, chance_level
+from aki.integration import is_mma_enabled
+from aki.quickstart.cli import app
+from aki.quickstart.report import RESULTS_SCHEMA, RUN_KEYS
+from aki.quickstart.study import FAMILIES, evaluate, normalise, read_test
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    result = CliRunner().invoke(
+        app, ["--preset", "smoke", "--output-dir", str(out), "--workers", "2", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    return out, result.output, json.loads((out / "results.json").read_text())
+
+
+def test_the_command_prints_the_table(study):
+    _, output, results = study
+    assert "Test accuracy per question family (4 visual tokens, 1 seed" in output
+    for family in [*FAMILIES, "overall"]:
+        assert family in output
+    mma = next(row for row in results["summary"] if row["family"] == "overall")["mma"]["mean"]
+    assert f"{mma:.3f}" in output
+
+
+def test_files_are_written(study):
+    out, _, _ = study
+    for name in ("accuracy.png", "curves.png", "mask.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    for model in ("pretrained", "causal", "mma"):
+        files = {path.name for path in (out / model).iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files
+    assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 48
+    assert len((out / "data" / "test.jsonl").read_text().splitlines()) == 12  # 2 per family
+
+
+def test_the_arms_differ_only_in_attention(study):
+    out, _, results = study
+    causal = json.loads((out / "causal" / "config.json").read_text())
+    mma = json.loads((out / "mma" / "config.json").read_text())
+    assert (causal.pop("use_mma"), mma.pop("use_mma")) == (False, True)
+    assert causal == mma
+    config = {arm: (out / "work" / f"sft_{arm}" / "config.yaml").read_text() for arm in ("causal", "mma")}
+    assert config["causal"].replace("causal", "ARM") == config["mma"].replace("mma", "ARM")
+    runs = {run["arm"]: run for run in results["runs"]}
+    assert runs["causal"]["pretrain_losses"] == runs["mma"]["pretrain_losses"]  # one pre-trained start
+
+
+def test_saved_models_reload_and_answer_as_reported(study):
+    out, _, results = study
+    test = read_test(out / "data")
+    for run in results["runs"]:
+        model = AutoModelForImageTextToText.from_pretrained(out / run["model_dir"])
+        assert is_mma_enabled(model.language_model) == (run["arm"] == "mma")
+        AutoProcessor.from_pretrained(out / run["model_dir"])
+        right = evaluate(out / run["model_dir"], test, batch_size=5)
+        assert sum(right) == run["correct"]["overall"]
+        predictions = [
+            json.loads(line) for line in (out / run["model_dir"] / "test_predictions.jsonl").open()
+        ]
+        assert [normalise(p["prediction"]) == normalise(p["answer"]) for p in predictions] == right
+
+
+def test_results_json_schema(study):
+    _, _, results = study
+    assert set(results) == set(RESULTS_SCHEMA)
+    assert results["schema_version"] == 1
+    assert results["families"] == [family.value for family in Family]
+    assert results["chance"] == pytest.approx(
+        {**{f.value: chance_level(f) for f in Family}, "overall": sum(chance_level(f) for f in Family) / 6}
+    )
+    assert results["arms"] == ["causal", "mma"]
+    assert results["options"]["seeds"] == [0] and results["options"]["latents"] == [4]
+    assert results["data"]["test_per_family"] == 2 and results["data"]["test_samples"] == 12
+    assert {"data", "vision", "pretrain", "fine_tune_and_evaluate", "report", "total"} <= set(
+        results["timings"]
+    )
+    assert len(results["runs"]) == 2
+    for run in results["runs"]:
+        assert set(run) == set(RUN_KEYS)
+        assert (
+            len(run["losses"]) == len(run["pretrain_losses"]) == len(run["vision_losses"]) == 2
+        )  # smoke steps
+        assert run["total"] == {**dict.fromkeys(FAMILIES, 2), "overall": 12}
+        for family, correct in run["correct"].items():
+            assert run["accuracy"][family] == correct / run["total"][family]
+    assert [(row["latents"], row["family"]) for row in results["summary"]] == [
+        (4, family) for family in [*FAMILIES, "overall"]
+    ]
+    for row in results["summary"]:
+        for cell in (row["causal"], row["mma"], row["delta_mma"]):
+            assert set(cell) == {"mean", "low", "high"} and cell["low"] <= cell["mean"] <= cell["high"]
+
+
+def test_normalise_is_case_and_punctuation_blind_only():
+    assert normalise(" Red.") == "red"
+    assert normalise("(A)") == "a"
+    assert normalise("yes  no") == "yes no"
+    assert normalise("red circle") != normalise("red")
+
+
+def test_aki_quickstart_is_a_command_of_aki():
+    from aki.cli import app as aki
+
+    result = CliRunner().invoke(aki, ["quickstart", "--help"])
+    assert result.exit_code == 0
+    for option in ("--seeds", "--latents", "--include-dot", "--preset", "--output-dir"):
+        assert option in result.output
+
+
+def test_seeds_budgets_and_dot_give_one_run_per_combination_and_intervals_over_seeds(tmp_path):
+    options = ["--preset", "smoke", "--seeds", "2", "--latents", "2,3", "--include-dot", "--workers", "1"]
+    result = CliRunner().invoke(app, [*options, "-o", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["arms"] == ["causal", "mma", "dot"]
+    assert sorted((r["latents"], r["seed"], r["arm"]) for r in results["runs"]) == sorted(
+        (k, s, arm) for k in (2, 3) for s in (0, 1) for arm in ("causal", "mma", "dot")
+    )
+    assert "Student-t interval over 2 seeds" in results["interval"]
+    for latents in (2, 3):
+        overall = next(r for r in results["summary"] if r["latents"] == latents and r["family"] == "overall")
+        runs = {
+            (r["seed"], r["arm"]): r["accuracy"]["overall"]
+            for r in results["runs"]
+            if r["latents"] == latents
+        }
+        assert overall["mma"]["mean"] == pytest.approx((runs[0, "mma"] + runs[1, "mma"]) / 2)
+        assert overall["delta_dot"]["mean"] == pytest.approx(
+            (runs[0, "dot"] - runs[0, "causal"] + runs[1, "dot"] - runs[1, "causal"]) / 2
+        )
+        assert f"({latents} visual tokens, 2 seeds" in result.output
+    dot = json.loads((tmp_path / "dot" / "config.json").read_text())
+    assert dot["use_mma"] is False and dot["num_latents"] == 2
+    assert (tmp_path / "runs" / "latents3_seed1" / "mma" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--latents", "0"], "visual token budgets must be >= 1"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+    ],
+)
+def test_bad_options_are_refused_by_name(tmp_path, arguments, message):
+    result = CliRunner().invoke(app, ["-o", str(tmp_path), "--no-progress", *arguments])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "results.json").exists()

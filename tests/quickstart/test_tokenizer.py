@@ -1,0 +1,88 @@
+"""The quickstart tokenizer: trained on the synthetic vocabulary, one token per word, AKI's special tokens."""
+
+from __future__ import annotations
+
+from transformers import AutoTokenizer
+
+from aki.data.synthetic import caption, make_sample, vocabulary
+from aki.models.aki.processing_aki import CHAT_TEMPLATE
+from aki.quickstart.tokenizer import SPECIAL_TOKENS, train_tokenizer
+
+
+def test_special_tokens_come_first_in_a_fixed_order():
+    tokenizer = train_tokenizer()
+    assert SPECIAL_TOKENS == [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<pad>",
+        "<image>",
+        "<|endofchunk|>",
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|end|>",
+    ]
+    assert tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS) == list(range(10))
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<s>", "</s>", "<pad>")
+    assert tokenizer.tokenize("<s><image>a red star<|endofchunk|>") == [
+        "<s>",
+        "<image>",
+        "a",
+        "red",
+        "star",
+        "<|endofchunk|>",
+    ]
+
+
+def test_every_word_of_the_synthetic_vocabulary_is_one_token():
+    tokenizer = train_tokenizer()
+    assert [tokenizer.tokenize(word) for word in vocabulary()] == [[word] for word in vocabulary()]
+    # 10 special tokens, the 72 vocabulary words and the 18 other words of the default system message
+    assert len(tokenizer) == 100
+
+
+def test_a_word_is_the_same_token_in_a_caption_and_as_an_answer():
+    tokenizer = train_tokenizer()
+    chat = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "what colour is the star?"}],
+        },
+        {"role": "assistant", "content": "red"},
+    ]
+    prompt = tokenizer.apply_chat_template(chat, chat_template=CHAT_TEMPLATE, tokenize=False)
+    # spaces and newlines are no tokens: the chat headers delimit the turns
+    assert tokenizer.tokenize(prompt)[-12:] == [
+        "<|user|>",
+        "<image>",
+        "what",
+        "colour",
+        "is",
+        "the",
+        "star",
+        "?",
+        "<|end|>",
+        "<|assistant|>",
+        "red",
+        "</s>",
+    ]
+    answer_id = tokenizer(prompt)["input_ids"][-2]
+    assert tokenizer("a small red circle")["input_ids"][2] == answer_id
+
+
+def test_text_decodes_as_written_and_unknown_words_are_unk():
+    tokenizer = train_tokenizer()
+    sample = make_sample("train", 3)
+    for text in (sample.question.splitlines()[0], caption(sample.scene)):
+        assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert tokenizer.tokenize("is the zebra red?") == ["is", "the", "<unk>", "red", "?"]
+
+
+def test_training_is_deterministic_and_survives_save_and_load(tmp_path):
+    first, second = train_tokenizer(), train_tokenizer()
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+    first.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "<s><|user|><image>which shape is red?<|end|><|assistant|>star</s>"
+    assert loaded(text)["input_ids"] == first(text)["input_ids"]
