@@ -84,6 +84,6 @@ def test_a_missing_model_directory_is_named(cli_app, tmp_path):
 
 
 def test_the_default_model_is_what_the_embedded_default_training_writes():
-    from aki.train.config import load_config
+    from aki.quickstart import StudyOptions
 
-    assert Path(load_config("sft").output_dir) / "final" == DEFAULT_MODEL_DIR
+    assert Path(StudyOptions().output_dir) / "mma" == DEFAULT_MODEL_DIR
