@@ -17,9 +17,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from ..models.aki import AkiConfig, token_ids_from_tokenizer
+from ..models.aki import AkiConfig, aki_config
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,6 @@ def get_preset(name: str, *, latents: int | None = None) -> Preset:
 
 def build_config(tokenizer: PreTrainedTokenizerBase, size: ModelSize) -> AkiConfig:
     """An :class:`AkiConfig` of ``size`` whose vocabulary and special ids come from ``tokenizer``."""
-    ids = token_ids_from_tokenizer(tokenizer)
-    media_token_id = ids.pop("media_token_id")
     vision = {
         "model_type": "siglip_vision_model",
         "hidden_size": size.vision_width,
@@ -179,27 +177,24 @@ def build_config(tokenizer: PreTrainedTokenizerBase, size: ModelSize) -> AkiConf
         "patch_size": size.patch_size,
         "vision_use_head": False,
     }
-    text = AutoConfig.for_model(
-        size.language_model,
-        hidden_size=size.text_width,
-        intermediate_size=size.text_ffn,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_heads,
-        max_position_embeddings=512,
-        tie_word_embeddings=size.tie_embeddings,
-        **ids,
-    )
-    return AkiConfig(
-        vision_config=vision,
-        text_config=text,
-        media_token_id=media_token_id,
-        num_latents=size.num_latents,
-        resampler_depth=size.resampler_depth,
-        resampler_heads=size.resampler_heads,
-        resampler_head_dim=size.resampler_head_dim,
-        resampler_ff_mult=2,
-        use_mma=True,
+    text = {
+        "model_type": size.language_model,
+        "hidden_size": size.text_width,
+        "intermediate_size": size.text_ffn,
+        "num_hidden_layers": size.text_layers,
+        "num_attention_heads": size.text_heads,
+        "num_key_value_heads": size.text_heads,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": size.tie_embeddings,
+    }
+    resampler = {
+        "resampler_depth": size.resampler_depth,
+        "resampler_heads": size.resampler_heads,
+        "resampler_head_dim": size.resampler_head_dim,
+        "resampler_ff_mult": 2,
+    }
+    return aki_config(
+        vision=vision, text=text, resampler=resampler, num_latents=size.num_latents, tokenizer=tokenizer
     )
 
 

@@ -11,7 +11,7 @@ from transformers import (
     AutoProcessor,
 )
 
-from .builders import aki_4b, aki_tiny, tiny_tokenizer, token_ids_from_tokenizer
+from .builders import aki_4b, aki_config, aki_tiny, tiny_tokenizer, token_ids_from_tokenizer
 from .configuration_aki import AkiConfig
 from .convert import convert_reference, load_reference
 from .image_processing_aki import AkiImageProcessor
@@ -36,6 +36,7 @@ __all__ = [
     "AkiPreTrainedModel",
     "AkiProcessor",
     "aki_4b",
+    "aki_config",
     "aki_tiny",
     "convert_reference",
     "load_reference",

@@ -92,7 +92,7 @@ def aki_tiny(
     With ``tokenizer``, the vocabulary size and the media / pad / bos / eos ids come from it (the media token
     is ``<image>``). ``text_config`` swaps the tiny Llama for another tiny causal LM config (Phi-3, Qwen2, ...).
     """
-    return _build(
+    return aki_config(
         vision=TINY_SIGLIP,
         text=TINY_LLAMA if text_config is None else text_config,
         tokenizer=tokenizer,
@@ -123,7 +123,7 @@ def aki_4b(
 
     Pass the checkpoint's ``tokenizer`` to get its vocabulary size and token ids (``from_reference`` does).
     """
-    return _build(
+    return aki_config(
         vision=SIGLIP_SO400M_PATCH14_384,
         text=PHI_3_5_MINI,
         tokenizer=tokenizer,
@@ -178,20 +178,26 @@ def token_ids_from_tokenizer(tokenizer: Any, *, media_token: str = MEDIA_TOKEN) 
     }
 
 
-def _build(
+def aki_config(
     *,
     vision: dict,
     text: dict | PreTrainedConfig,
-    tokenizer: Any,
-    vocab_size: int,
-    media_token_id: int | None,
     resampler: dict[str, int],
     num_latents: int,
-    text_head_bias: bool,
-    use_mma: bool,
+    tokenizer: Any = None,
+    vocab_size: int | None = None,
+    media_token_id: int | None = None,
+    text_head_bias: bool = False,
+    use_mma: bool = True,
 ) -> AkiConfig:
+    """An :class:`AkiConfig` from a SigLIP vision config dict, a causal LM config (dict with ``model_type``, or
+    a config), the resampler's ``resampler_*`` fields and ``num_latents``. With ``tokenizer``, the vocabulary
+    size and the media / pad / bos / eos ids come from it (``aki_tiny``, ``aki_4b`` and the quickstart's
+    presets are built this way).
+    """
     text = dict(text.to_dict() if isinstance(text, PreTrainedConfig) else text)
-    text["vocab_size"] = vocab_size
+    if vocab_size is not None:
+        text["vocab_size"] = vocab_size
     if tokenizer is not None:
         ids = token_ids_from_tokenizer(tokenizer)
         media_token_id = ids.pop("media_token_id")
@@ -208,4 +214,4 @@ def _build(
     )
 
 
-__all__ = ["aki_4b", "aki_tiny", "tiny_tokenizer", "token_ids_from_tokenizer"]
+__all__ = ["aki_4b", "aki_config", "aki_tiny", "tiny_tokenizer", "token_ids_from_tokenizer"]
