@@ -142,6 +142,8 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
             data = write_data(out / "data", preset, seed=options.data_seed)
             test = read_test(data)
             progress.finish()
+        with timings("vision"):
+            images, targets = read_vision_data(data, preset)
         tokenizer = train_tokenizer()
         for latents in options.budgets:
             for seed in range(options.seeds):
@@ -151,13 +153,14 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
                 work = _fresh(root / "work")
                 with timings("vision"):
                     progress.start(f"training the vision tower ({label})", total=preset.vision_steps)
-                    init = initialise(
+                    init, vision_losses = initialise(
                         work / "init",
                         preset,
                         latents=latents,
                         tokenizer=tokenizer,
                         seed=seed,
-                        data=data,
+                        images=images,
+                        targets=targets,
                         on_step=lambda step, loss: progress.advance(),
                     )
                     progress.finish()
@@ -195,7 +198,13 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
                         outcomes[latents, seed, job.arm] = _by_family(test, done.right)
                         runs.append(
                             _run_record(
-                                latents, seed, done, outcomes[latents, seed, job.arm], pretrained.losses, out
+                                latents,
+                                seed,
+                                done,
+                                outcomes[latents, seed, job.arm],
+                                pretrain_losses=pretrained.losses,
+                                vision_losses=vision_losses,
+                                out=out,
                             )
                         )
         chance = {family: synthetic.chance_level(family) for family in FAMILIES}
@@ -264,23 +273,42 @@ def write_data(directory: Path, preset: Preset, *, seed: int) -> Path:
     return directory
 
 
+def read_split(directory: Path, split: str) -> Iterator[tuple[dict[str, Any], Image.Image]]:
+    """The records of a written split with their images decoded (RGB), in file order."""
+    for line in (directory / f"{split}.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        with Image.open(directory / record["image"]) as image:
+            yield record, image.convert("RGB")
+
+
 def read_test(directory: Path) -> list[TestQuestion]:
     """The test questions of a data directory, images decoded, in file order."""
     questions = []
-    for line in (directory / "test.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record, image in read_split(directory, "test"):
         human, answer = (turn["value"] for turn in record["conversations"])
-        with Image.open(directory / record["image"]) as image:
-            questions.append(
-                TestQuestion(
-                    id=record["id"],
-                    family=record["family"],
-                    question=human.replace("<image>", "").strip(),
-                    answer=answer,
-                    image=image.convert("RGB"),
-                )
+        questions.append(
+            TestQuestion(
+                id=record["id"],
+                family=record["family"],
+                question=human.replace("<image>", "").strip(),
+                answer=answer,
+                image=image,
             )
+        )
     return questions
+
+
+def read_vision_data(directory: Path, preset: Preset) -> tuple[list[Image.Image], torch.Tensor]:
+    """The training images and their per-patch targets (:func:`~aki.quickstart.vision.patch_targets`), read
+    once per study: every (budget, seed) trains its own tower on them.
+    """
+    images, targets = [], []
+    size = preset.model
+    for record, image in read_split(directory, "train"):
+        scene = synthetic.Scene.from_dict(record["scene"])
+        targets.append(vision.patch_targets(scene, image_size=size.image_size, patch_size=size.patch_size))
+        images.append(image)
+    return images, torch.stack(targets)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,24 +323,22 @@ def initialise(
     latents: int,
     tokenizer: Any,
     seed: int,
-    data: Path,
+    images: Sequence[Image.Image],
+    targets: torch.Tensor,
     on_step: Callable[[int, float], Any] | None = None,
-) -> Path:
-    """Build the tiny AKI with a seeded random initialisation, train its vision tower alone on the training
-    scenes (:func:`~aki.quickstart.vision.pretrain_vision_tower`) and save it with its processor.
+) -> tuple[Path, list[float]]:
+    """Build the tiny AKI with a seeded random initialisation, train its vision tower alone on ``images`` and
+    their ``targets`` (:func:`read_vision_data`, :func:`~aki.quickstart.vision.pretrain_vision_tower`) and save
+    it with its processor; the directory and the tower's losses.
     """
     config = build_config(tokenizer, dataclasses.replace(preset.model, num_latents=latents))
     transformers.set_seed(seed)
     model = AkiForConditionalGeneration(config)
     processor = AkiProcessor.for_model(config, tokenizer)
-    scenes, images = read_scenes(data, "train")
-    size = preset.model
     losses, _ = vision.pretrain_vision_tower(
         model.vision_tower.to(_DEVICE),
-        processor.image_processor(images, return_tensors="pt")["pixel_values"],
-        torch.stack(
-            [vision.patch_targets(s, image_size=size.image_size, patch_size=size.patch_size) for s in scenes]
-        ),
+        processor.image_processor(list(images), return_tensors="pt")["pixel_values"],
+        targets,
         steps=preset.vision_steps,
         batch_size=preset.batch_size,
         lr=preset.vision_lr,
@@ -321,19 +347,7 @@ def initialise(
     )
     model.cpu().save_pretrained(directory)
     processor.save_pretrained(directory)
-    (directory / "vision_losses.json").write_text(json.dumps([round(loss, 5) for loss in losses]))
-    return directory
-
-
-def read_scenes(directory: Path, split: str) -> tuple[list[synthetic.Scene], list[Image.Image]]:
-    """The scenes of a written split and their images, in file order."""
-    scenes, images = [], []
-    for line in (directory / f"{split}.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        scenes.append(synthetic.Scene.from_dict(record["scene"]))
-        with Image.open(directory / record["image"]) as image:
-            images.append(image.convert("RGB"))
-    return scenes, images
+    return directory, losses
 
 
 def train_config(
@@ -591,7 +605,9 @@ def _run_record(
     seed: int,
     done: ArmResult,
     outcome: dict[str, list[bool]],
+    *,
     pretrain_losses: list[float],
+    vision_losses: list[float],
     out: Path,
 ) -> dict[str, Any]:
     return {
@@ -603,9 +619,7 @@ def _run_record(
         "total": {family: len(right) for family, right in outcome.items()},
         "losses": [round(loss, 5) for loss in done.losses],
         "pretrain_losses": [round(loss, 5) for loss in (done.pretrain_losses or pretrain_losses)],
-        "vision_losses": json.loads(
-            (done.model_dir.parent / "work" / "init" / "vision_losses.json").read_text()
-        ),
+        "vision_losses": [round(loss, 5) for loss in vision_losses],
         "train_seconds": round(done.train_seconds, 2),
         "eval_seconds": round(done.eval_seconds, 2),
         "model_dir": str(done.model_dir.relative_to(out)),
@@ -807,7 +821,9 @@ __all__ = [
     "evaluate",
     "initialise",
     "normalise",
+    "read_split",
     "read_test",
+    "read_vision_data",
     "run_arm",
     "run_study",
     "save_sample_mask",
