@@ -11,7 +11,7 @@ from transformers import AutoProcessor
 
 from aki.mma import Role, parse_layout
 from aki.models import AkiImageProcessor, AkiProcessor
-from aki.models.aki.builders import CHAT_SYSTEM_MESSAGE
+from aki.models.aki.processing_aki import CHAT_SYSTEM_MESSAGE, CHAT_TEMPLATE, chat_template
 
 T, M, R = Role.TEXT, Role.MEDIA, Role.RESPONSE
 SYSTEM = {"role": "system", "content": "A chat."}
@@ -32,6 +32,30 @@ def test_prompt_format_is_the_reference_one(processor):
     assert processor.apply_chat_template(chat[:1], add_generation_prompt=True).endswith(
         "<|user|>\n<image>\nWhat is this?<|end|>\n<|assistant|>\n"
     )
+
+
+def test_chat_template_can_change_the_default_system_message_only(processor, tmp_path):
+    assert chat_template() == CHAT_TEMPLATE
+    short = AkiProcessor(
+        processor.image_processor,
+        processor.tokenizer,
+        chat_template=chat_template("Be brief."),
+        num_image_tokens=processor.num_image_tokens,
+    )
+    chat = [user(solid((0, 0, 0)), "What is this?"), assistant("It is a cat.")]
+    assert short.apply_chat_template(chat) == processor.apply_chat_template(chat).replace(
+        CHAT_SYSTEM_MESSAGE, "Be brief."
+    )
+    # an explicit system turn still wins, and the template survives save / load
+    assert short.apply_chat_template([SYSTEM, *chat]) == processor.apply_chat_template([SYSTEM, *chat])
+    short.save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path).apply_chat_template(chat) == short.apply_chat_template(chat)
+
+
+@pytest.mark.parametrize("message", ['say "hi"', "a {{ b }}", "50%", "back\\slash"])
+def test_chat_template_refuses_a_system_message_that_would_break_the_template(message):
+    with pytest.raises(ValueError, match="default system message"):
+        chat_template(message)
 
 
 def test_roles_of_a_single_turn_prompt_written_out(processor):

@@ -16,7 +16,7 @@ from .configuration_aki import AkiConfig
 from .convert import convert_reference, load_reference
 from .image_processing_aki import AkiImageProcessor
 from .modeling_aki import AkiForConditionalGeneration, AkiPreTrainedModel
-from .processing_aki import AkiProcessor
+from .processing_aki import AkiProcessor, chat_template
 
 
 def register_auto_classes() -> None:
@@ -38,6 +38,7 @@ __all__ = [
     "aki_4b",
     "aki_config",
     "aki_tiny",
+    "chat_template",
     "convert_reference",
     "load_reference",
     "register_auto_classes",

@@ -17,12 +17,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .configuration_aki import AkiConfig
+from .processing_aki import CHAT_SYSTEM_MESSAGE
 
 MEDIA_TOKEN = "<image>"
-CHAT_SYSTEM_MESSAGE = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
 TINY_SPECIAL_TOKENS = [
     "<unk>",
     "<s>",

@@ -26,6 +26,27 @@ from ...mma import Role
 from .image_processing_aki import AkiImageProcessor, check_decodes, open_image
 
 CHAT_TEMPLATE = (Path(__file__).parent / "chat_template.jinja").read_text()
+# What the template says as the system turn when a chat has none (the released AKI's).
+CHAT_SYSTEM_MESSAGE = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+def chat_template(system_message: str = CHAT_SYSTEM_MESSAGE) -> str:
+    """AKI's chat template whose default system turn (used when a chat has no system message) is
+    ``system_message``: a small model trained on its own data can keep its prompts short.
+
+    Example:
+        >>> "Answer in one word." in chat_template("Answer in one word.")
+        True
+    """
+    if any(character in system_message for character in '"\\{}%'):
+        raise ValueError(f"a default system message cannot hold quotes, backslashes or braces: {system_message!r}")
+    literal = f'"{CHAT_SYSTEM_MESSAGE}"'
+    if CHAT_TEMPLATE.count(literal) != 1:  # the template file and the constant must agree
+        raise RuntimeError("chat_template.jinja does not hold CHAT_SYSTEM_MESSAGE as its default system turn")
+    return CHAT_TEMPLATE.replace(literal, f'"{system_message}"')
 
 
 class AkiProcessor(ProcessorMixin):
@@ -235,4 +256,4 @@ def _decode(image: Any, name: str) -> Any:
     return image
 
 
-__all__ = ["AkiProcessor"]
+__all__ = ["CHAT_SYSTEM_MESSAGE", "CHAT_TEMPLATE", "AkiProcessor", "chat_template"]
