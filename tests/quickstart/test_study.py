@@ -19,7 +19,9 @@ from aki.data.synthetic import Family, chance_level
 from aki.integration import is_mma_enabled
 from aki.quickstart.cli import app
 from aki.quickstart.report import RESULTS_SCHEMA, RUN_KEYS
-from aki.quickstart.study import FAMILIES, evaluate, normalise, read_test
+from aki.quickstart.presets import get_preset
+from aki.quickstart.study import FAMILIES, StudyOptions, evaluate, normalise, read_test
+from aki.quickstart.tokenizer import CHAT_TEMPLATE
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -72,7 +74,8 @@ def test_saved_models_reload_and_answer_as_reported(study):
     for run in results["runs"]:
         model = AutoModelForImageTextToText.from_pretrained(out / run["model_dir"])
         assert is_mma_enabled(model.language_model) == (run["arm"] == "mma")
-        AutoProcessor.from_pretrained(out / run["model_dir"])
+        processor = AutoProcessor.from_pretrained(out / run["model_dir"])
+        assert processor.chat_template == CHAT_TEMPLATE  # trained and asked with the short system message
         right = evaluate(out / run["model_dir"], test, batch_size=5)
         assert sum(right) == run["correct"]["overall"]
         predictions = [
@@ -91,6 +94,7 @@ def test_results_json_schema(study):
     )
     assert results["arms"] == ["causal", "mma"]
     assert results["options"]["seeds"] == [0] and results["options"]["latents"] == [4]
+    assert results["options"]["shared_threads"] == 2  # 1 thread x 2 workers
     assert results["data"]["test_per_family"] == 2 and results["data"]["test_samples"] == 12
     assert {"data", "vision", "pretrain", "fine_tune_and_evaluate", "report", "total"} <= set(
         results["timings"]
@@ -126,6 +130,13 @@ def test_aki_quickstart_is_a_command_of_aki():
     assert result.exit_code == 0
     for option in ("--seeds", "--latents", "--include-dot", "--preset", "--output-dir"):
         assert option in result.output
+
+
+def test_shared_stages_use_every_core_the_arms_use_side_by_side():
+    smoke = get_preset("smoke")
+    assert StudyOptions(preset=smoke, threads=2, workers=2).shared_threads == 4
+    assert StudyOptions(preset=smoke, threads=3, workers=1).shared_threads == 3
+    assert StudyOptions(preset=smoke, include_dot=True, workers=3).shared_threads == 3
 
 
 def test_seeds_budgets_and_dot_give_one_run_per_combination_and_intervals_over_seeds(tmp_path):

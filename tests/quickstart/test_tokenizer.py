@@ -6,7 +6,8 @@ from transformers import AutoTokenizer
 
 from aki.data.synthetic import caption, make_sample, vocabulary
 from aki.models.aki.processing_aki import CHAT_TEMPLATE
-from aki.quickstart.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from aki.quickstart.tokenizer import CHAT_TEMPLATE as QUICKSTART_TEMPLATE
+from aki.quickstart.tokenizer import SPECIAL_TOKENS, SYSTEM_MESSAGE, train_tokenizer
 
 
 def test_special_tokens_come_first_in_a_fixed_order():
@@ -38,8 +39,17 @@ def test_special_tokens_come_first_in_a_fixed_order():
 def test_every_word_of_the_synthetic_vocabulary_is_one_token():
     tokenizer = train_tokenizer()
     assert [tokenizer.tokenize(word) for word in vocabulary()] == [[word] for word in vocabulary()]
-    # 10 special tokens, the 72 vocabulary words and the 18 other words of the default system message
-    assert len(tokenizer) == 100
+    # 10 special tokens, the 72 vocabulary words and the 3 other words of the system message
+    assert len(tokenizer) == 85
+
+
+def test_the_chat_template_says_the_short_system_message_when_a_chat_has_none():
+    tokenizer = train_tokenizer()
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "which shape is red?"}]}]
+    prompt = tokenizer.apply_chat_template(chat, chat_template=QUICKSTART_TEMPLATE, tokenize=False)
+    assert prompt.startswith("<s> <|system|>\n" + SYSTEM_MESSAGE + "<|end|>\n<|user|>\n<image>\n")
+    assert "<unk>" not in tokenizer.tokenize(prompt)
+    assert len(tokenizer.tokenize(prompt)) == 20  # AKI's default system message alone is 29 words
 
 
 def test_a_word_is_the_same_token_in_a_caption_and_as_an_answer():

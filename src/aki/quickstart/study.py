@@ -55,7 +55,7 @@ from ..train.config import CheckpointConfig, LoggingConfig, ModelConfig, OptimCo
 from ..viz import save_mask_png
 from . import report, vision
 from .presets import Preset, build_config, get_preset
-from .tokenizer import train_tokenizer
+from .tokenizer import CHAT_TEMPLATE, train_tokenizer
 
 QUESTION = (
     "Does Modality-Mutual Attention beat causal attention, trained on the same data from the same start?"
@@ -108,6 +108,11 @@ class StudyOptions:
     def parallel_arms(self) -> int:
         return self.workers or max(1, min(len(self.arms), os.cpu_count() or 1))
 
+    @property
+    def shared_threads(self) -> int:
+        """Threads of the stages all arms share (vision tower, pre-training): the cores the arms then use."""
+        return self.threads * self.parallel_arms
+
 
 @dataclass(frozen=True)
 class TestQuestion:
@@ -136,7 +141,7 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     preset, timings = options.preset, _Timings()
     runs, outcomes = [], {}
-    with _quiet_libraries(), _torch_threads(options.threads), _StageProgress(options) as progress:
+    with _quiet_libraries(), _torch_threads(options.shared_threads), _StageProgress(options) as progress:
         with timings("data"):
             progress.start("writing synthetic data", total=1)
             data = write_data(out / "data", preset, seed=options.data_seed)
@@ -219,6 +224,7 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
                 "include_dot": options.include_dot,
                 "threads": options.threads,
                 "parallel_arms": options.parallel_arms,
+                "shared_threads": options.shared_threads,
             },
             "data": {
                 "train_samples": preset.train_samples,
@@ -334,7 +340,7 @@ def initialise(
     config = build_config(tokenizer, dataclasses.replace(preset.model, num_latents=latents))
     transformers.set_seed(seed)
     model = AkiForConditionalGeneration(config)
-    processor = AkiProcessor.for_model(config, tokenizer)
+    processor = AkiProcessor.for_model(config, tokenizer, chat_template=CHAT_TEMPLATE)
     losses, _ = vision.pretrain_vision_tower(
         model.vision_tower.to(_DEVICE),
         processor.image_processor(list(images), return_tensors="pt")["pixel_values"],

@@ -5,8 +5,8 @@ Text is split into words and punctuation (the ``Whitespace`` pre-tokenizer: the 
 a caption and "red" as an answer right after ``<|assistant|>`` share one id, and what the model learns to write
 in captions carries over to its answers. Spaces and newlines are not tokens (the special tokens delimit the
 chat template), which keeps sequences short. The training corpus is every word of
-:func:`~aki.data.synthetic.vocabulary` and the default system message, each of those words one token, any
-other word ``<unk>`` (the tiny model knows nothing else). AKI's special tokens are single tokens with the fixed
+:func:`~aki.data.synthetic.vocabulary` and :data:`SYSTEM_MESSAGE`, each of those words one token, any other
+word ``<unk>`` (the tiny model knows nothing else). AKI's special tokens are single tokens with the fixed
 ids 0-9, then the words follow by frequency in the corpus, ties alphabetically: training is deterministic.
 
 Example:
@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from ..data.synthetic import vocabulary
-from ..models.aki.builders import CHAT_SYSTEM_MESSAGE
+from ..models.aki.processing_aki import chat_template
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 # <unk> for unseen characters, then AKI's special tokens (AKI_REFERENCE.md): sequence ends, padding, the image
@@ -42,15 +42,19 @@ SPECIAL_TOKENS = [
     "<|assistant|>",
     "<|end|>",
 ]
+# The system turn of the tiny model's chat template (:data:`CHAT_TEMPLATE`). AKI's default, 29 words of
+# politeness, would be over half of every fine-tuning sample here and cost the CPU study most of its steps.
+SYSTEM_MESSAGE = "answer with one word, number or letter."
+CHAT_TEMPLATE = chat_template(SYSTEM_MESSAGE)
 # An upper bound: every word of the corpus gets a token.
 MAX_VOCAB_SIZE = 4096
 
 
 def tokenizer_corpus(words: Iterable[str] | None = None) -> list[str]:
     """The texts the tokenizer is trained on: the words (the synthetic vocabulary by default) and the
-    default system message of the chat template.
+    system message of the quickstart's chat template.
     """
-    return [*sorted(set(vocabulary() if words is None else words)), CHAT_SYSTEM_MESSAGE]
+    return [*sorted(set(vocabulary() if words is None else words)), SYSTEM_MESSAGE]
 
 
 def train_tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
@@ -75,4 +79,4 @@ def train_tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFa
     )
 
 
-__all__ = ["SPECIAL_TOKENS", "tokenizer_corpus", "train_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "SYSTEM_MESSAGE", "tokenizer_corpus", "train_tokenizer"]
