@@ -49,7 +49,9 @@ def test_chat_template_can_change_the_default_system_message_only(processor, tmp
     # an explicit system turn still wins, and the template survives save / load
     assert short.apply_chat_template([SYSTEM, *chat]) == processor.apply_chat_template([SYSTEM, *chat])
     short.save_pretrained(tmp_path)
-    assert AutoProcessor.from_pretrained(tmp_path).apply_chat_template(chat) == short.apply_chat_template(chat)
+    assert AutoProcessor.from_pretrained(tmp_path).apply_chat_template(chat) == short.apply_chat_template(
+        chat
+    )
 
 
 @pytest.mark.parametrize("message", ['say "hi"', "a {{ b }}", "50%", "back\\slash"])

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from aki.data.synthetic import Family, chance_level
 from aki.integration import is_mma_enabled
 from aki.quickstart.cli import app
-from aki.quickstart.report import RESULTS_SCHEMA, RUN_KEYS
 from aki.quickstart.presets import get_preset
+from aki.quickstart.report import RESULTS_SCHEMA, RUN_KEYS
 from aki.quickstart.study import FAMILIES, StudyOptions, evaluate, normalise, read_test
 from aki.quickstart.tokenizer import CHAT_TEMPLATE
 

@@ -42,7 +42,9 @@ def chat_template(system_message: str = CHAT_SYSTEM_MESSAGE) -> str:
         True
     """
     if any(character in system_message for character in '"\\{}%'):
-        raise ValueError(f"a default system message cannot hold quotes, backslashes or braces: {system_message!r}")
+        raise ValueError(
+            f"a default system message cannot hold quotes, backslashes, braces or percent signs: {system_message!r}"
+        )
     literal = f'"{CHAT_SYSTEM_MESSAGE}"'
     if CHAT_TEMPLATE.count(literal) != 1:  # the template file and the constant must agree
         raise RuntimeError("chat_template.jinja does not hold CHAT_SYSTEM_MESSAGE as its default system turn")
