@@ -9,7 +9,9 @@ study reports what it measures.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -20,7 +22,15 @@ from aki.integration import is_mma_enabled
 from aki.quickstart.cli import app
 from aki.quickstart.presets import get_preset
 from aki.quickstart.report import RESULTS_SCHEMA, RUN_KEYS
-from aki.quickstart.study import FAMILIES, StudyOptions, evaluate, normalise, read_test
+from aki.quickstart.study import (
+    FAMILIES,
+    StudyOptions,
+    evaluate,
+    normalise,
+    read_test,
+    train_config,
+    training_plan,
+)
 from aki.quickstart.tokenizer import CHAT_TEMPLATE
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -102,9 +112,10 @@ def test_results_json_schema(study):
     assert len(results["runs"]) == 2
     for run in results["runs"]:
         assert set(run) == set(RUN_KEYS)
-        assert (
-            len(run["losses"]) == len(run["pretrain_losses"]) == len(run["vision_losses"]) == 2
-        )  # smoke steps
+        smoke = get_preset("smoke")
+        assert len(run["losses"]) == smoke.sft_steps  # curriculum and mixed fine-tuning steps
+        assert len(run["pretrain_losses"]) == smoke.pretrain_steps
+        assert len(run["vision_losses"]) == smoke.vision_steps
         assert run["total"] == {**dict.fromkeys(FAMILIES, 2), "overall": 12}
         for family, correct in run["correct"].items():
             assert run["accuracy"][family] == correct / run["total"][family]
@@ -114,6 +125,69 @@ def test_results_json_schema(study):
     for row in results["summary"]:
         for cell in (row["causal"], row["mma"], row["delta_mma"]):
             assert set(cell) == {"mean", "low", "high"} and cell["low"] <= cell["mean"] <= cell["high"]
+
+
+def test_each_arm_fine_tunes_on_the_curriculum_families_first_then_on_every_family(study):
+    out, _, _ = study
+    smoke, data = get_preset("smoke"), out / "data"
+    lines = (data / "train.jsonl").read_text().splitlines()
+    per_family = {family: (data / f"train_{family}.jsonl").read_text().splitlines() for family in FAMILIES}
+    assert sorted(line for family_lines in per_family.values() for line in family_lines) == sorted(lines)
+    for family, family_lines in per_family.items():
+        assert {json.loads(line)["family"] for line in family_lines} <= {family}
+    for arm in ("causal", "mma"):
+        plan = training_plan(arm, smoke)
+        assert [(stage.name, stage.families) for stage in plan] == [
+            (f"sft_{arm}_curriculum", smoke.curriculum_families),
+            (f"sft_{arm}", ()),
+        ]
+        for stage in plan:
+            history = (out / "work" / stage.name / "history.jsonl").read_text().splitlines()
+            assert len(history) == stage.steps
+        config = train_config(
+            "sft", smoke, output_dir=out, init=out, seed=0, steps=1, data=data, families=("spatial",)
+        )
+        assert [source.path for source in config.data.sources] == [str(data / "train_spatial.jsonl")]
+
+
+def test_the_training_plan_spends_the_same_fine_tuning_steps_on_every_arm():
+    preset = get_preset("default")
+    assert preset.curriculum_families == ("spatial",) and 0 < preset.curriculum_steps < preset.sft_steps
+    for arm in ("causal", "mma", "dot"):
+        plan = training_plan(arm, preset)
+        assert sum(stage.steps for stage in plan if stage.recipe == "sft") == preset.sft_steps
+        curriculum = [stage for stage in plan if stage.families]
+        assert [(stage.steps, stage.families) for stage in curriculum] == [
+            (preset.curriculum_steps, preset.curriculum_families)
+        ]
+    dot = training_plan("dot", preset)
+    assert [stage.order for stage in dot] == [
+        "text_first",
+        "image_first",
+        "image_first",
+        "text_first",
+        "image_first",
+    ]
+    assert sum(stage.steps for stage in dot if stage.recipe == "pretrain") == preset.pretrain_steps
+    no_curriculum = dataclasses.replace(preset, curriculum_steps=0)
+    assert [stage.name for stage in training_plan("mma", no_curriculum)] == ["sft_mma"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"sft_steps": 300, "curriculum_steps": 300},
+            "curriculum_steps must be in [0, sft_steps=300), got 300",
+        ),
+        ({"curriculum_steps": -1}, "curriculum_steps must be in [0, sft_steps="),
+        ({"curriculum_families": ("geometry",)}, "curriculum_families must name question families"),
+        ({"curriculum_families": ()}, "curriculum_families must name question families"),
+    ],
+)
+def test_a_curriculum_that_cannot_run_is_refused_by_name(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dataclasses.replace(get_preset("default"), **changes)
 
 
 def test_normalise_is_case_and_punctuation_blind_only():

@@ -32,9 +32,23 @@ def test_patch_targets_name_the_shape_covering_each_patch():
     covered[3:5, 3:5] = True
     expected = {"colour": list(COLOURS).index("blue") + 1, "kind": KINDS.index("square") + 1}
     expected["size"] = list(SIZES).index("large") + 1
+    expected["column"] = expected["row"] = 3 + 1  # the centre 0.5 is in the fourth sixth of each axis
     for row, name in enumerate(TARGETS):
         assert (grid[row][covered] == expected[name]).all()
         assert (grid[row][~covered] == 0).all()
+
+
+def test_patch_targets_place_every_patch_of_a_shape_at_the_shape_centre():
+    # A large circle whose centre (0.2, 0.9) lies in column 1 and row 5 of the 6 x 6 position grid; its
+    # patches spread over several columns and rows of the 8 x 8 patch grid, and all of them carry the centre.
+    scene = Scene((Shape("circle", "red", "large", 0.2, 0.9), Shape("star", "blue", "small", 0.9, 0.1)))
+    targets = dict(zip(TARGETS, patch_targets(scene, image_size=48, patch_size=6), strict=True))
+    circle = targets["kind"] == KINDS.index("circle") + 1
+    star = targets["kind"] == KINDS.index("star") + 1
+    assert circle.sum() > 1 and star.sum() >= 1
+    assert (targets["column"][circle] == 1 + 1).all() and (targets["row"][circle] == 5 + 1).all()
+    assert (targets["column"][star] == 5 + 1).all() and (targets["row"][star] == 0 + 1).all()
+    assert (targets["column"][~(circle | star)] == 0).all()
 
 
 def test_patch_targets_refuse_a_patch_size_that_does_not_divide_the_image():

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import transformers
@@ -261,13 +261,15 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
 def write_data(directory: Path, preset: Preset, *, seed: int) -> Path:
     """Write the training split (questions and captions) and the test split; reuse them if already written.
 
-    The test split has ``test_per_family`` questions per family (families take turns in the generator).
+    The test split has ``test_per_family`` questions per family (families take turns in the generator). The
+    training questions are also written one file per family, ``train_<family>.jsonl`` (the curriculum's).
     """
     manifest = {
         "train": preset.train_samples,
         "test": preset.test_per_family * len(FAMILIES),
         "image_size": preset.model.image_size,
         "seed": seed,
+        "per_family": True,
     }
     manifest_file = directory / "manifest.json"
     if manifest_file.is_file() and json.loads(manifest_file.read_text()) == manifest:
@@ -275,8 +277,17 @@ def write_data(directory: Path, preset: Preset, *, seed: int) -> Path:
     _fresh(directory)
     for split in ("train", "test"):
         synthetic.write_split(directory, split, manifest[split], seed=seed, image_size=manifest["image_size"])
+    by_family: dict[str, list[str]] = {family: [] for family in FAMILIES}
+    for line in (directory / "train.jsonl").read_text().splitlines(keepends=True):
+        by_family[json.loads(line)["family"]].append(line)
+    for family, lines in by_family.items():
+        _family_file(directory, family).write_text("".join(lines))
     manifest_file.write_text(json.dumps(manifest))
     return directory
+
+
+def _family_file(directory: Path, family: str) -> Path:
+    return directory / f"train_{family}.jsonl"
 
 
 def read_split(directory: Path, split: str) -> Iterator[tuple[dict[str, Any], Image.Image]]:
@@ -367,18 +378,24 @@ def train_config(
     data: Path,
     attention: str = "causal",
     order: str = "image_first",
+    families: Sequence[str] = (),
 ) -> TrainConfig:
     """A recipe config of the study: quiet, no intermediate checkpoints, the preset's batch and schedule.
 
-    Pre-training reads the captions, fine-tuning the questions. The vision tower (trained by :func:`initialise`)
-    stays frozen in both.
+    Pre-training reads the captions, fine-tuning the questions: of every family, or with ``families`` (the
+    curriculum) an even mix of those families' questions only. The vision tower (trained by
+    :func:`initialise`) stays frozen in both.
     """
     pretraining = stage == "pretrain"
-    source = (
-        SourceConfig(format="jsonl", path=str(data / "train_captions.jsonl"), name="captions")
-        if pretraining
-        else SourceConfig(format="llava", path=str(data / "train.jsonl"), name="questions")
-    )
+    if pretraining:
+        sources = [SourceConfig(format="jsonl", path=str(data / "train_captions.jsonl"), name="captions")]
+    elif families:
+        sources = [
+            SourceConfig(format="llava", path=str(_family_file(data, family)), name=family)
+            for family in families
+        ]
+    else:
+        sources = [SourceConfig(format="llava", path=str(data / "train.jsonl"), name="questions")]
     return TrainConfig(
         stage=stage,
         output_dir=str(output_dir),
@@ -391,7 +408,7 @@ def train_config(
             attention=attention,
             train_vision_tower=False,
         ),
-        data=DataConfig(sources=[source], max_length=MAX_LENGTH, order=order),
+        data=DataConfig(sources=sources, max_length=MAX_LENGTH, order=order),
         optim=OptimConfig(
             lr=preset.pretrain_lr if pretraining else preset.sft_lr,
             warmup_steps=min(preset.warmup_steps, steps // 4),
@@ -433,14 +450,13 @@ class ArmJob:
 
     def progress_files(self) -> list[Path]:
         """Files that grow by one line per training step or evaluation batch (what the progress bar follows)."""
-        stages = _DOT_STAGES if self.arm == "dot" else [f"sft_{self.arm}"]
         return [
-            *(self.work / stage / "history.jsonl" for stage in stages),
+            *(self.work / stage.name / "history.jsonl" for stage in training_plan(self.arm, self.preset)),
             self.work / f"eval_{self.arm}.progress",
         ]
 
     def units(self, test_size: int) -> int:
-        steps = self.preset.sft_steps + (self.preset.pretrain_steps if self.arm == "dot" else 0)
+        steps = sum(stage.steps for stage in training_plan(self.arm, self.preset))
         return steps + -(-test_size // self.preset.eval_batch_size)
 
 
@@ -457,28 +473,56 @@ class ArmResult:
     right: list[bool]
 
 
-_DOT_STAGES = ["dot_pretrain_text_first", "dot_pretrain_image_first", "sft_dot_text_first", "sft_dot"]
+class Stage(NamedTuple):
+    """One recipe run of an arm: its directory name, recipe, image order, steps and curriculum families."""
+
+    name: str
+    recipe: str  # "pretrain" or "sft"
+    order: str
+    steps: int
+    families: tuple[str, ...] = ()
+
+
+def training_plan(arm: str, preset: Preset) -> list[Stage]:
+    """The recipe runs of one arm, each starting from the previous one's final model.
+
+    ``causal`` and ``mma`` fine-tune the shared pre-trained model: the curriculum's families first
+    (``preset.curriculum_steps``), then every family, ``preset.sft_steps`` in all. ``dot`` (the paper's
+    dual-order training, causal) starts from the initialised model and pre-trains itself, half of the steps
+    text first, then image first; then it fine-tunes in as many steps as the others, the same curriculum first
+    and the rest half text first, half image first.
+    """
+    curriculum = (
+        [
+            Stage(
+                f"sft_{arm}_curriculum",
+                "sft",
+                "image_first",
+                preset.curriculum_steps,
+                preset.curriculum_families,
+            )
+        ]
+        if preset.curriculum_steps
+        else []
+    )
+    rest = preset.sft_steps - preset.curriculum_steps
+    if arm != "dot":
+        return [*curriculum, Stage(f"sft_{arm}", "sft", "image_first", rest)]
+    half_pt, half_sft = max(preset.pretrain_steps // 2, 1), max(rest // 2, 1)
+    return [
+        Stage("dot_pretrain_text_first", "pretrain", "text_first", half_pt),
+        Stage("dot_pretrain_image_first", "pretrain", "image_first", max(preset.pretrain_steps - half_pt, 1)),
+        *curriculum,
+        Stage("sft_dot_text_first", "sft", "text_first", half_sft),
+        Stage("sft_dot", "sft", "image_first", max(rest - half_sft, 1)),
+    ]
 
 
 def run_arm(job: ArmJob) -> ArmResult:
     """Fine-tune one arm, copy its final model to ``root/<arm>``, reload it and answer the test split."""
     with _quiet_libraries(), _torch_threads(job.threads):
         started = time.perf_counter()
-        pretrain_losses = None
-        if job.arm == "dot":
-            pretrain_losses, result = _train_dot(job)
-        else:
-            result = _run_stage(
-                "sft",
-                job.preset,
-                work=job.work,
-                name=f"sft_{job.arm}",
-                init=job.root / "pretrained",
-                seed=job.seed,
-                data=job.data,
-                steps=job.preset.sft_steps,
-                attention=job.arm,
-            )
+        pretrain_losses, result = _train(job)
         train_seconds = time.perf_counter() - started
         model_dir = job.root / job.arm
         _publish(result.final_dir, model_dir)
@@ -502,35 +546,30 @@ def run_arm(job: ArmJob) -> ArmResult:
     )
 
 
-def _train_dot(job: ArmJob) -> tuple[list[float], TrainResult]:
-    """Dual-order training (the paper's DOT ablation), causal, in as many steps as the other arms: half of
-    pre-training text first then half image first, then the same for fine-tuning, each from the previous.
+def _train(job: ArmJob) -> tuple[list[float] | None, TrainResult]:
+    """Run the arm's :func:`training_plan`; its own pre-training losses (None: it has none) and the last
+    run's result with the losses of all its fine-tuning steps.
     """
-    preset, work = job.preset, job.work
-    half_pt, half_sft = max(preset.pretrain_steps // 2, 1), max(preset.sft_steps // 2, 1)
-    plan = [
-        ("pretrain", "text_first", half_pt),
-        ("pretrain", "image_first", max(preset.pretrain_steps - half_pt, 1)),
-        ("sft", "text_first", half_sft),
-        ("sft", "image_first", max(preset.sft_steps - half_sft, 1)),
-    ]
-    init, results = job.init, []
-    for name, (stage, order, steps) in zip(_DOT_STAGES, plan, strict=True):
+    init = job.init if job.arm == "dot" else job.root / "pretrained"
+    attention = "causal" if job.arm == "dot" else job.arm
+    losses: dict[str, list[float]] = {"pretrain": [], "sft": []}
+    for stage in training_plan(job.arm, job.preset):
         result = _run_stage(
-            stage,
-            preset,
-            work=work,
-            name=name,
+            stage.recipe,
+            job.preset,
+            work=job.work,
+            name=stage.name,
             init=init,
             seed=job.seed,
             data=job.data,
-            steps=steps,
-            order=order,
+            steps=stage.steps,
+            attention=attention,
+            order=stage.order,
+            families=stage.families,
         )
-        results.append(result)
+        losses[stage.recipe] += result.losses
         init = result.final_dir
-    last = dataclasses.replace(results[3], losses=results[2].losses + results[3].losses)
-    return results[0].losses + results[1].losses, last
+    return losses["pretrain"] or None, dataclasses.replace(result, losses=losses["sft"])
 
 
 def _run_arms(jobs: list[ArmJob], workers: int, progress: _StageProgress, label: str) -> list[ArmResult]:

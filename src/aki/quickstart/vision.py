@@ -3,14 +3,15 @@
 The real AKI starts from SigLIP, a vision tower that already sees, kept frozen while the resampler and the
 language model learn. The tiny tower starts random, and learning to see only through the gradient of caption
 tokens costs more CPU time than the whole study has. So the study first trains the tower alone on a dense,
-exactly known target: for every patch, the colour, kind and size of the shape that covers it (or background),
-read from :func:`aki.data.synthetic.render_labels`. Only the tower's weights are kept; the classification heads
-are thrown away, and from then on the tower is frozen, as in the paper.
+exactly known target: for every patch, the colour, kind, size and centre (column and row of a 6 x 6 grid) of
+the shape that covers it (or background), read from :func:`aki.data.synthetic.render_labels`. Only the tower's
+weights are kept; the classification heads are thrown away, and from then on the tower is frozen, as in the
+paper.
 
 Example:
     >>> scene = synthetic.make_sample("train", 0, image_size=48).scene
     >>> patch_targets(scene, image_size=48, patch_size=6).shape
-    torch.Size([3, 64])
+    torch.Size([5, 64])
 """
 
 from __future__ import annotations
@@ -24,12 +25,31 @@ from torch import nn
 
 from ..data import synthetic
 
-# What each patch is taught, and the classes of each target: 0 is background, then the names in order.
+# Where a shape's centre lies, as a column and a row of a POSITION_BINS x POSITION_BINS grid of the image.
+POSITION_BINS = 6
+_BIN_NAMES = tuple(f"{index}/{POSITION_BINS}" for index in range(POSITION_BINS))
+
+# What each patch is taught, and the classes of each target: 0 is background, then the names in order. Every
+# patch of a shape is taught the shape's attributes, its centre included, so whichever of its patches a
+# resampler latent reads, it reads where the whole shape is (without the position targets the language model
+# never learned where a shape is: caption location words stayed at their prior, spatial questions at chance).
 TARGETS: dict[str, tuple[str, ...]] = {
     "colour": tuple(synthetic.COLOURS),
     "kind": synthetic.KINDS,
     "size": tuple(synthetic.SIZES),
+    "column": _BIN_NAMES,
+    "row": _BIN_NAMES,
 }
+
+
+def _bin(fraction: float) -> int:
+    return min(int(fraction * POSITION_BINS), POSITION_BINS - 1)
+
+
+def _classes(shape: synthetic.Shape) -> tuple[int, ...]:
+    """The class id of each target for a shape's patches, in ``TARGETS`` order (0 is background)."""
+    names = (shape.colour, shape.kind, shape.size, _BIN_NAMES[_bin(shape.x)], _BIN_NAMES[_bin(shape.y)])
+    return tuple(options.index(name) + 1 for options, name in zip(TARGETS.values(), names, strict=True))
 
 
 def patch_targets(scene: synthetic.Scene, *, image_size: int, patch_size: int) -> torch.Tensor:
@@ -49,8 +69,7 @@ def patch_targets(scene: synthetic.Scene, *, image_size: int, patch_size: int) -
     owner[counts.max(-1) < max(1, patch_size * patch_size // 8)] = 0
     table = np.zeros((len(TARGETS), len(scene.shapes) + 1), dtype=np.int64)
     for index, shape in enumerate(scene.shapes, start=1):
-        for row, (attribute, names) in enumerate(TARGETS.items()):
-            table[row, index] = names.index(getattr(shape, attribute)) + 1
+        table[:, index] = _classes(shape)
     return torch.from_numpy(table[:, owner])
 
 
