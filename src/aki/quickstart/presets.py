@@ -108,11 +108,12 @@ class Preset:
                 f"preset {self.name!r}: curriculum_steps must be in [0, sft_steps={self.sft_steps}), "
                 f"got {self.curriculum_steps}"
             )
-        unknown = sorted(set(self.curriculum_families) - {family.value for family in Family})
+        families = [family.value for family in Family]
+        unknown = sorted(set(self.curriculum_families) - set(families))
         if unknown or (self.curriculum_steps and not self.curriculum_families):
             raise ValueError(
                 f"preset {self.name!r}: curriculum_families must name question families of "
-                f"{[family.value for family in Family]}, got {list(self.curriculum_families)}"
+                f"{families}, got {list(self.curriculum_families)}"
             )
 
     def to_dict(self) -> dict[str, Any]:
