@@ -165,10 +165,10 @@ def answer_from_pixels(question: str, seen: list[Seen]) -> str:
     """Answer a generated question from the pixel reading alone."""
     stem, *rest = question.split("\n")
     if rest:
-        assert rest[-1] == "answer with the letter."
-        options = [re.fullmatch(r"\(([A-D])\) (.+)", line).groups() for line in rest[:-1]]
-        assert [letter for letter, _ in options] == list("ABCD"[: len(options)])
-        texts = [text for _, text in options]
+        assert rest[-1] == "answer with the option and its letter."
+        options = [re.fullmatch(r"(.+) \(([A-D])\)", line).groups() for line in rest[:-1]]
+        assert [letter for _, letter in options] == list("ABCD"[: len(options)])
+        texts = [text for text, _ in options]
         if m := re.fullmatch(r"where is the (\w+ \w+) relative to the (\w+ \w+)\?", stem):
             a, b = the(seen, m[1]), the(seen, m[2])
             correct = [text for text in texts if relation_holds(text, a, b)]
@@ -178,7 +178,7 @@ def answer_from_pixels(question: str, seen: list[Seen]) -> str:
         else:
             correct = [answer_from_pixels(stem, seen)]
         assert len(correct) == 1 and texts.count(correct[0]) == 1, f"options {texts} for {stem!r}"
-        return options[texts.index(correct[0])][0]
+        return rest[texts.index(correct[0])]  # the option line, text then letter
     if m := re.fullmatch(r"what colour is the (\w+)\?", stem):
         return only([s for s in seen if s.kind == m[1]], m[1]).colour
     if m := re.fullmatch(r"which shape is (\w+)\?", stem):
@@ -378,6 +378,9 @@ def test_families_subtypes_and_answers_are_balanced(train):
             of_subtype = [s for s in samples if s.subtype == subtype]
             if family is Family.COMPARISON:
                 assert_uniform(Counter(answer_position(s) for s in of_subtype), ["first", "second"])
+            elif family is Family.MULTIPLE_CHOICE:  # the letter closing the written-out option
+                letters = Counter(re.fullmatch(r".+ \(([A-D])\)", s.answer)[1] for s in of_subtype)
+                assert_uniform(letters, answer_sets[subtype])
             else:
                 assert_uniform(Counter(s.answer for s in of_subtype), answer_sets[subtype])
 
@@ -389,7 +392,7 @@ def test_chance_levels_by_hand(train):
     assert chance_level("multiple_choice") == pytest.approx((1 / 4 + 1 / 2 + 1 / 2) / 3)  # 5 / 12
     # The blind strategies behind two of them score close to that on generated data.
     mc = [s for s in train if s.family is Family.MULTIPLE_CHOICE]
-    assert sum(s.answer == "A" for s in mc) / len(mc) == pytest.approx(5 / 12, abs=0.07)
+    assert sum(s.answer.endswith("(A)") for s in mc) / len(mc) == pytest.approx(5 / 12, abs=0.07)
     existence = [s for s in train if s.family is Family.EXISTENCE]
     assert sum(s.answer == "yes" for s in existence) / len(existence) == pytest.approx(0.5, abs=0.07)
     with pytest.raises(ValueError, match="unknown question family 'ocr'"):

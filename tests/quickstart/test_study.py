@@ -150,6 +150,19 @@ def test_each_arm_fine_tunes_on_the_curriculum_families_first_then_on_every_fami
         assert [source.path for source in config.data.sources] == [str(data / "train_spatial.jsonl")]
 
 
+def test_fine_tuning_mixes_the_families_by_the_preset_weights(tmp_path):
+    preset = get_preset("default")
+    assert preset.family_weight("multiple_choice") == 3.0 and preset.family_weight("spatial") == 1.0
+    config = train_config("sft", preset, output_dir=tmp_path, init=tmp_path, seed=0, steps=1, data=tmp_path)
+    assert [(source.name, source.path, source.weight) for source in config.data.sources] == [
+        (family, str(tmp_path / f"train_{family}.jsonl"), 3.0 if family == "multiple_choice" else 1.0)
+        for family in FAMILIES
+    ]
+    even = dataclasses.replace(preset, family_weights=())
+    config = train_config("sft", even, output_dir=tmp_path, init=tmp_path, seed=0, steps=1, data=tmp_path)
+    assert {source.weight for source in config.data.sources} == {1.0}
+
+
 def test_the_training_plan_spends_the_same_fine_tuning_steps_on_every_arm():
     preset = get_preset("default")
     assert preset.curriculum_families == ("spatial",) and 0 < preset.curriculum_steps < preset.sft_steps
@@ -183,16 +196,20 @@ def test_the_training_plan_spends_the_same_fine_tuning_steps_on_every_arm():
         ({"curriculum_steps": -1}, "curriculum_steps must be in [0, sft_steps="),
         ({"curriculum_families": ("geometry",)}, "curriculum_families must name question families"),
         ({"curriculum_families": ()}, "curriculum_families must name question families"),
+        ({"family_weights": (("ocr", 2.0),)}, "family_weights must give question families"),
+        ({"family_weights": (("spatial", 0.0),)}, "family_weights must give question families"),
     ],
 )
-def test_a_curriculum_that_cannot_run_is_refused_by_name(changes, message):
+def test_a_curriculum_or_mix_that_cannot_run_is_refused_by_name(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         dataclasses.replace(get_preset("default"), **changes)
 
 
 def test_normalise_is_case_and_punctuation_blind_only():
     assert normalise(" Red.") == "red"
-    assert normalise("(A)") == "a"
+    assert normalise("(A)") == normalise("( A )") == "(a)"
+    assert normalise("right ( B ).") == normalise("Right (B)") == "right (b)"
+    assert normalise("right (B") != normalise("right (B)")
     assert normalise("yes  no") == "yes no"
     assert normalise("red circle") != normalise("red")
 

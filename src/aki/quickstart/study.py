@@ -32,6 +32,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import threading
 import time
@@ -63,7 +64,8 @@ QUESTION = (
 FAMILIES = [family.value for family in synthetic.Family]
 MAX_LENGTH = 256  # tokens per training sample, images expanded: every synthetic sample fits
 MAX_NEW_TOKENS = 8  # every reference answer is one word; room for a longer (wrong) answer to show
-_PUNCTUATION = " \t\r\n.,;:!?\"'()[]"
+_PUNCTUATION = " \t\r\n.,;:!?\"'"
+_INSIDE_BRACKETS = re.compile(r"\(\s*[^()]*?\s*\)")
 _DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the recipes choose theirs through accelerate
 
 
@@ -126,8 +128,12 @@ class TestQuestion:
 
 
 def normalise(text: str) -> str:
-    """Lower case, surrounding punctuation and spaces stripped, inner spaces collapsed: ``" Red."`` -> ``"red"``."""
-    return " ".join(text.strip(_PUNCTUATION).lower().split())
+    """Lower case, surrounding punctuation and spaces stripped, inner spaces collapsed, none just inside
+    brackets: ``" Red."`` -> ``"red"``, ``"right ( B )"`` -> ``"right (b)"`` (the word-level tokenizer decodes
+    ``(``, ``B``, ``)`` with spaces between).
+    """
+    text = " ".join(text.strip(_PUNCTUATION).lower().split())
+    return _INSIDE_BRACKETS.sub(lambda match: match[0].replace(" ", ""), text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,7 +268,7 @@ def write_data(directory: Path, preset: Preset, *, seed: int) -> Path:
     """Write the training split (questions and captions) and the test split; reuse them if already written.
 
     The test split has ``test_per_family`` questions per family (families take turns in the generator). The
-    training questions are also written one file per family, ``train_<family>.jsonl`` (the curriculum's).
+    training questions are also written one file per family, ``train_<family>.jsonl``: fine-tuning reads those.
     """
     manifest = {
         "train": preset.train_samples,
@@ -382,20 +388,23 @@ def train_config(
 ) -> TrainConfig:
     """A recipe config of the study: quiet, no intermediate checkpoints, the preset's batch and schedule.
 
-    Pre-training reads the captions, fine-tuning the questions: of every family, or with ``families`` (the
-    curriculum) an even mix of those families' questions only. The vision tower (trained by
-    :func:`initialise`) stays frozen in both.
+    Pre-training reads the captions, fine-tuning the questions: one source per family, weighted by
+    ``preset.family_weight``, of every family or of ``families`` only (the curriculum). The vision tower
+    (trained by :func:`initialise`) stays frozen in both.
     """
     pretraining = stage == "pretrain"
     if pretraining:
         sources = [SourceConfig(format="jsonl", path=str(data / "train_captions.jsonl"), name="captions")]
-    elif families:
-        sources = [
-            SourceConfig(format="llava", path=str(_family_file(data, family)), name=family)
-            for family in families
-        ]
     else:
-        sources = [SourceConfig(format="llava", path=str(data / "train.jsonl"), name="questions")]
+        sources = [
+            SourceConfig(
+                format="llava",
+                path=str(_family_file(data, family)),
+                name=family,
+                weight=preset.family_weight(family),
+            )
+            for family in families or FAMILIES
+        ]
     return TrainConfig(
         stage=stage,
         output_dir=str(output_dir),
