@@ -84,8 +84,10 @@ def test_a_word_is_the_same_token_in_a_caption_and_as_an_answer():
 def test_text_decodes_as_written_and_unknown_words_are_unk():
     tokenizer = train_tokenizer()
     sample = make_sample("train", 3)
-    for text in (sample.question.splitlines()[0], caption(sample.scene)):
+    choice = next(s for i in range(100) if (s := make_sample("train", i)).family == "multiple_choice")
+    for text in (sample.question.splitlines()[0], caption(sample.scene), *choice.question.splitlines()):
         assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert tokenizer.decode(tokenizer(choice.answer)["input_ids"]) == choice.answer  # "right (B)"
     assert tokenizer.tokenize("is the zebra red?") == ["is", "the", "<unk>", "red", "?"]
 
 
@@ -96,3 +98,4 @@ def test_training_is_deterministic_and_survives_save_and_load(tmp_path):
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     text = "<s><|user|><image>which shape is red?<|end|><|assistant|>star</s>"
     assert loaded(text)["input_ids"] == first(text)["input_ids"]
+    assert loaded.decode(loaded("white circle (B)")["input_ids"]) == "white circle (B)"

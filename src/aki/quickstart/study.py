@@ -32,7 +32,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import threading
 import time
@@ -65,7 +64,6 @@ FAMILIES = [family.value for family in synthetic.Family]
 MAX_LENGTH = 256  # tokens per training sample, images expanded: every synthetic sample fits
 MAX_NEW_TOKENS = 8  # every reference answer is one word; room for a longer (wrong) answer to show
 _PUNCTUATION = " \t\r\n.,;:!?\"'"
-_INSIDE_BRACKETS = re.compile(r"\(\s*[^()]*?\s*\)")
 _DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the recipes choose theirs through accelerate
 
 
@@ -128,12 +126,10 @@ class TestQuestion:
 
 
 def normalise(text: str) -> str:
-    """Lower case, surrounding punctuation and spaces stripped, inner spaces collapsed, none just inside
-    brackets: ``" Red."`` -> ``"red"``, ``"right ( B )"`` -> ``"right (b)"`` (the word-level tokenizer decodes
-    ``(``, ``B``, ``)`` with spaces between).
+    """Lower case, surrounding punctuation (not brackets) and spaces stripped, inner spaces collapsed:
+    ``" Red."`` -> ``"red"``, ``"Right (B)."`` -> ``"right (b)"``.
     """
-    text = " ".join(text.strip(_PUNCTUATION).lower().split())
-    return _INSIDE_BRACKETS.sub(lambda match: match[0].replace(" ", ""), text)
+    return " ".join(text.strip(_PUNCTUATION).lower().split())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -63,7 +63,15 @@ def train_tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFa
     """
     backend = Tokenizer(models.WordLevel(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(cleanup=True)  # "red ?" -> "red?"
+    # Words joined by spaces, "red ?" -> "red?" (WordPiece's cleanup), then "( B )" -> "(B)" on the joined text.
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.WordPiece(cleanup=True),
+            decoders.Fuse(),
+            decoders.Replace("( ", "("),
+            decoders.Replace(" )", ")"),
+        ]
+    )
     trainer = trainers.WordLevelTrainer(
         vocab_size=MAX_VOCAB_SIZE, min_frequency=1, special_tokens=SPECIAL_TOKENS, show_progress=False
     )
