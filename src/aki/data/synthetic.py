@@ -92,7 +92,8 @@ _TEMPLATES = {
     # A multiple-choice option, and the answer: the chosen option written out, text then letter. A tiny
     # language model does not learn to name the letter of an answer it has not written (CV-Bench's bare
     # "(B)"): measured, letter-only answers stayed at chance (0.40 to 0.44, chance 0.42) after 1,800
-    # fine-tuning steps; writing the option first, it copies the letter that follows that text in the list.
+    # fine-tuning steps. Written out, the letter is the token that follows, in the list, the text just
+    # written: a copy, which the tiny model learns in some runs (relations in one of three seeds; README).
     "option": "{text} ({letter})",
     "letter": "answer with the option and its letter.",
     "caption_item": "{colour} {kind}, {size}, {location}",

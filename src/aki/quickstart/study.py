@@ -62,7 +62,8 @@ QUESTION = (
 )
 FAMILIES = [family.value for family in synthetic.Family]
 MAX_LENGTH = 256  # tokens per training sample, images expanded: every synthetic sample fits
-MAX_NEW_TOKENS = 8  # every reference answer is one word; room for a longer (wrong) answer to show
+# The longest reference answer ("white circle (B)") is 5 tokens: room for a longer, wrong one to show.
+MAX_NEW_TOKENS = 8
 _PUNCTUATION = " \t\r\n.,;:!?\"'"
 _DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the recipes choose theirs through accelerate
 
