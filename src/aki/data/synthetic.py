@@ -91,7 +91,7 @@ _TEMPLATES = {
     "distance": "which shape is closer to the {c}?",
     # A multiple-choice option, and the answer: the chosen option written out, text then letter. A tiny
     # language model does not learn to name the letter of an answer it has not written (CV-Bench's bare
-    # "(B)"): measured, letter-only answers stayed at chance (0.40 to 0.44, chance 0.42) after 1,800
+    # "(B)"): measured, letter-only answers stayed near chance (0.395 to 0.485, chance 0.417) after 1,800
     # fine-tuning steps. Written out, the letter is the token that follows, in the list, the text just
     # written: a copy, which the tiny model learns in some runs (relations in one of three seeds; README).
     "option": "{text} ({letter})",
