@@ -85,7 +85,7 @@ def test_saved_models_reload_and_answer_as_reported(study):
         model = AutoModelForImageTextToText.from_pretrained(out / run["model_dir"])
         assert is_mma_enabled(model.language_model) == (run["arm"] == "mma")
         processor = AutoProcessor.from_pretrained(out / run["model_dir"])
-        assert processor.chat_template == CHAT_TEMPLATE  # trained and asked with the short system message
+        assert processor.chat_template == CHAT_TEMPLATE  # trained and asked with the empty system message
         right = evaluate(out / run["model_dir"], test, batch_size=5)
         assert sum(right) == run["correct"]["overall"]
         predictions = [
@@ -163,6 +163,13 @@ def test_fine_tuning_mixes_the_families_by_the_preset_weights(tmp_path):
     assert {source.weight for source in config.data.sources} == {1.0}
 
 
+def test_fine_tuning_takes_its_own_batch_size_and_the_stages_before_it_theirs(tmp_path):
+    preset = dataclasses.replace(get_preset("default"), batch_size=32, sft_batch_size=16)
+    common = {"output_dir": tmp_path, "init": tmp_path, "seed": 0, "steps": 1, "data": tmp_path}
+    assert train_config("pretrain", preset, **common).batch_size == 32
+    assert train_config("sft", preset, **common).batch_size == 16
+
+
 def test_the_training_plan_spends_the_same_fine_tuning_steps_on_every_arm():
     preset = get_preset("default")
     assert preset.curriculum_families == ("spatial",) and 0 < preset.curriculum_steps < preset.sft_steps
@@ -198,6 +205,7 @@ def test_the_training_plan_spends_the_same_fine_tuning_steps_on_every_arm():
         ({"curriculum_families": ()}, "curriculum_families must name question families"),
         ({"family_weights": (("ocr", 2.0),)}, "family_weights must give question families"),
         ({"family_weights": (("spatial", 0.0),)}, "family_weights must give question families"),
+        ({"sft_batch_size": 0}, "these sizes must be >= 1: {'sft_batch_size': 0}"),
     ],
 )
 def test_a_curriculum_or_mix_that_cannot_run_is_refused_by_name(changes, message):

@@ -39,17 +39,18 @@ def test_special_tokens_come_first_in_a_fixed_order():
 def test_every_word_of_the_synthetic_vocabulary_is_one_token():
     tokenizer = train_tokenizer()
     assert [tokenizer.tokenize(word) for word in vocabulary()] == [[word] for word in vocabulary()]
-    # 10 special tokens, the 75 vocabulary words and the 3 other words of the system message
-    assert len(tokenizer) == 88
+    # 10 special tokens and the 73 vocabulary words (the system message is empty)
+    assert len(tokenizer) == 83
 
 
-def test_the_chat_template_says_the_short_system_message_when_a_chat_has_none():
+def test_the_chat_template_has_an_empty_system_turn_when_a_chat_has_none():
     tokenizer = train_tokenizer()
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "which shape is red?"}]}]
     prompt = tokenizer.apply_chat_template(chat, chat_template=QUICKSTART_TEMPLATE, tokenize=False)
-    assert prompt.startswith("<s> <|system|>\n" + SYSTEM_MESSAGE + "<|end|>\n<|user|>\n<image>\n")
+    assert SYSTEM_MESSAGE == ""
+    assert prompt.startswith("<s> <|system|>\n<|end|>\n<|user|>\n<image>\n")
     assert "<unk>" not in tokenizer.tokenize(prompt)
-    assert len(tokenizer.tokenize(prompt)) == 20  # AKI's default system message alone is 29 words
+    assert len(tokenizer.tokenize(prompt)) == 11  # AKI's default system message alone is 29 words
 
 
 def test_a_word_is_the_same_token_in_a_caption_and_as_an_answer():
@@ -89,6 +90,17 @@ def test_text_decodes_as_written_and_unknown_words_are_unk():
         assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     assert tokenizer.decode(tokenizer(choice.answer)["input_ids"]) == choice.answer  # "right (B)"
     assert tokenizer.tokenize("is the zebra red?") == ["is", "the", "<unk>", "red", "?"]
+
+
+def test_an_option_marker_is_one_token_the_one_after_its_option_text():
+    # so the answer's letter is a copy of the token that follows, in the list, the option text just written
+    tokenizer = train_tokenizer()
+    assert tokenizer.tokenize("left (A)\nright (B)") == ["left", "(A)", "right", "(B)"]
+    assert tokenizer.tokenize("white circle (D)") == ["white", "circle", "(D)"]
+    markers = [f"({letter})" for letter in "ABCD"]
+    assert [tokenizer.tokenize(marker) for marker in markers] == [[marker] for marker in markers]
+    assert tokenizer.unk_token_id not in tokenizer.convert_tokens_to_ids(markers)
+    assert tokenizer.tokenize("(E)") == ["<unk>"] * 3  # no fifth option, and no bracket stands alone
 
 
 def test_training_is_deterministic_and_survives_save_and_load(tmp_path):

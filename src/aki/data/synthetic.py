@@ -67,7 +67,10 @@ LOCATIONS: dict[tuple[int, int], str] = {
     (2, 1): "at the bottom",
     (2, 2): "at the bottom right",
 }
-WORD_PATTERN = re.compile(r"\w+|[^\w\s]+")  # the rule of the `tokenizers` Whitespace pre-tokenizer
+# Tokens: an option marker "(A)" .. "(D)" whole, then words, numbers and runs of punctuation (the rule of the
+# `tokenizers` Whitespace pre-tokenizer). A whole marker lets a tiny model copy an option's letter with one
+# look-up: the marker is the token that follows, in the list, the option text it has just written.
+WORD_PATTERN = re.compile(r"\((?:" + "|".join(LETTERS) + r")\)|\w+|[^\w\s]+")
 
 _EDGE = 0.02  # empty border kept inside the image
 _GAP = 0.03  # least empty space between two bounding boxes (about 2 px at 64 px)
@@ -92,8 +95,8 @@ _TEMPLATES = {
     # A multiple-choice option, and the answer: the chosen option written out, text then letter. A tiny
     # language model does not learn to name the letter of an answer it has not written (CV-Bench's bare
     # "(B)"): measured, letter-only answers stayed near chance (0.395 to 0.485, chance 0.417) after 1,800
-    # fine-tuning steps. Written out, the letter is the token that follows, in the list, the text just
-    # written: a copy, which the tiny model learns in some runs (relations in one of three seeds; README).
+    # fine-tuning steps. Written out, the marker "(B)" (one token, WORD_PATTERN) is the token that follows,
+    # in the list, the text just written: a copy in one look-up (measured: README).
     "option": "{text} ({letter})",
     "letter": "answer with the option and its letter.",
     "caption_item": "{colour} {kind}, {size}, {location}",
@@ -384,10 +387,11 @@ def words(text: str) -> list[str]:
 
 def vocabulary() -> list[str]:
     """Sorted list of every token that can appear in a question, answer, option or caption."""
-    texts = [re.sub(r"\{\w+\}", " ", template) for template in _TEMPLATES.values()]
+    # Option lines are their texts and markers (below): no bracket stands alone.
+    texts = [re.sub(r"\{\w+\}", " ", template) for name, template in _TEMPLATES.items() if name != "option"]
     texts += [*KINDS, *(kind + "s" for kind in KINDS), *COLOURS, *SIZES, *POINTS, *LOCATIONS.values()]
     texts += [
-        *LETTERS,
+        *(f"({letter})" for letter in LETTERS),
         *(str(n) for n in range(MAX_COUNT + 1)),
         *_RELATIONS,
         "yes no",

@@ -407,7 +407,7 @@ def train_config(
         output_dir=str(output_dir),
         seed=seed,
         steps=steps,
-        batch_size=preset.batch_size,
+        batch_size=preset.batch_size if pretraining else preset.sft_batch_size,
         model=ModelConfig(
             init=str(init),
             tokenizer=None,  # the processor saved with the model
