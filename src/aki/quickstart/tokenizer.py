@@ -67,7 +67,7 @@ def train_tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFa
     backend = Tokenizer(models.WordLevel(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN.pattern), behavior="removed", invert=True)
     # Words joined by spaces, "red ?" -> "red?" (WordPiece's cleanup).
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    backend.decoder = decoders.WordPiece(cleanup=True)
     trainer = trainers.WordLevelTrainer(
         vocab_size=MAX_VOCAB_SIZE, min_frequency=1, special_tokens=SPECIAL_TOKENS, show_progress=False
     )
