@@ -47,6 +47,8 @@ SPLITS = ("train", "validation", "test")
 MIN_SHAPES, MAX_SHAPES = 3, 6
 MAX_COUNT = 4  # counting answers are 0 .. MAX_COUNT
 LETTERS = ("A", "B", "C", "D")
+# "(A)" .. "(D)": how a multiple-choice option ends
+OPTION_MARKERS = tuple(f"({letter})" for letter in LETTERS)
 # Reference points of "closer to" questions, in image fractions (x right, y down).
 POINTS: dict[str, tuple[float, float]] = {
     "the top left corner": (0.0, 0.0),
@@ -70,7 +72,7 @@ LOCATIONS: dict[tuple[int, int], str] = {
 # Tokens: an option marker "(A)" .. "(D)" whole, then words, numbers and runs of punctuation (the rule of the
 # `tokenizers` Whitespace pre-tokenizer). A whole marker lets a tiny model copy an option's letter with one
 # look-up: the marker is the token that follows, in the list, the option text it has just written.
-WORD_PATTERN = re.compile(r"\((?:" + "|".join(LETTERS) + r")\)|\w+|[^\w\s]+")
+WORD_PATTERN = re.compile("|".join(map(re.escape, OPTION_MARKERS)) + r"|\w+|[^\w\s]+")
 
 _EDGE = 0.02  # empty border kept inside the image
 _GAP = 0.03  # least empty space between two bounding boxes (about 2 px at 64 px)
@@ -97,7 +99,7 @@ _TEMPLATES = {
     # "(B)"): measured, letter-only answers stayed near chance (0.395 to 0.485, chance 0.417) after 1,800
     # fine-tuning steps. Written out, the marker "(B)" (one token, WORD_PATTERN) is the token that follows,
     # in the list, the text just written: a copy in one look-up (measured: README).
-    "option": "{text} ({letter})",
+    "option": "{text} {marker}",
     "letter": "answer with the option and its letter.",
     "caption_item": "{colour} {kind}, {size}, {location}",
     "description": "a {size} {colour} {kind} {location}",
@@ -387,11 +389,10 @@ def words(text: str) -> list[str]:
 
 def vocabulary() -> list[str]:
     """Sorted list of every token that can appear in a question, answer, option or caption."""
-    # Option lines are their texts and markers (below): no bracket stands alone.
-    texts = [re.sub(r"\{\w+\}", " ", template) for name, template in _TEMPLATES.items() if name != "option"]
+    texts = [re.sub(r"\{\w+\}", " ", template) for template in _TEMPLATES.values()]
     texts += [*KINDS, *(kind + "s" for kind in KINDS), *COLOURS, *SIZES, *POINTS, *LOCATIONS.values()]
     texts += [
-        *(f"({letter})" for letter in LETTERS),
+        *OPTION_MARKERS,
         *(str(n) for n in range(MAX_COUNT + 1)),
         *_RELATIONS,
         "yes no",
@@ -661,11 +662,11 @@ def _multiple_choice(rng: random.Random, subtype: str, split: str) -> _Draft:
     letter = rng.randint(0, len(options))
     options.insert(letter, draft.answer)
     lines = [
-        _TEMPLATES["option"].format(letter=lt, text=text)
-        for lt, text in zip(LETTERS[: len(options)], options, strict=True)
+        _TEMPLATES["option"].format(marker=marker, text=text)
+        for marker, text in zip(OPTION_MARKERS[: len(options)], options, strict=True)
     ]
     question = "\n".join([draft.question, *lines, _TEMPLATES["letter"]])
-    answer = _TEMPLATES["option"].format(letter=LETTERS[letter], text=draft.answer)
+    answer = _TEMPLATES["option"].format(marker=OPTION_MARKERS[letter], text=draft.answer)
     return _Draft(draft.scene, question, answer, tuple(options))
 
 
