@@ -44,6 +44,7 @@ __all__ = [
     "parse_layout",
     "roles_from_assistant_mask",
     "roles_from_labels",
+    "roles_from_token_ids",
     "validate_roles",
 ]
 
@@ -310,20 +311,52 @@ def _block_any(flags: torch.Tensor, block_size: int, blocks: int) -> torch.Tenso
     return padded.view(flags.shape[0], blocks, block_size).any(-1)
 
 
-def roles_from_labels(
+def roles_from_token_ids(
     input_ids: torch.Tensor,
     media_token_ids: int | Iterable[int],
-    labels: torch.Tensor | None = None,
     *,
+    response_start_ids: int | Iterable[int] = (),
+    turn_start_ids: int | Iterable[int] = (),
+    labels: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """Roles from what a training batch already has: MEDIA at media tokens, RESPONSE where labelled.
+    """The one rule by which aki derives roles ``[B, L]`` from token ids (processor, data, model fallback, vLLM).
 
-    ``labels`` are aligned with ``input_ids`` (the Hugging Face convention: the model shifts them), so a
-    position with ``labels != ignore_index`` is a token the model is trained to produce: RESPONSE.
+    * MEDIA where ``input_ids`` holds a media token.
+    * With ``response_start_ids`` (a chat template's assistant header, AKI's ``<|assistant|>``): the tokens
+      after a response start, up to the next ``turn_start_ids`` token (``<|user|>``, ``<|system|>``), are
+      RESPONSE; the headers themselves and the rest are TEXT. A row without any response start is a
+      pre-training caption: all its non-media tokens are RESPONSE (MMA then equals causal, no caption leaks).
+    * Without ``response_start_ids``, non-media tokens are TEXT: a prompt whose continuation is generated.
+    * ``labels`` (aligned with ``input_ids``): a labelled position is RESPONSE; a label on media raises.
+    * Padding (``attention_mask == 0``) is TEXT, the fill every aki padder uses.
+
+    Example:
+        >>> ids = torch.tensor([[1, 7, 9, 9, 5, 8, 4, 2]])  # 7 user header, 9 image, 8 assistant header
+        >>> roles_from_token_ids(ids, 9, response_start_ids=8, turn_start_ids=7).tolist()
+        [[0, 0, 1, 1, 0, 0, 2, 2]]
     """
-    media = torch.isin(input_ids, _as_id_tensor(media_token_ids, input_ids.device))
+    device = input_ids.device
+    media = torch.isin(input_ids, _as_id_tensor(media_token_ids, device))
     roles = torch.where(media, int(Role.MEDIA), int(Role.TEXT))
+    opens_ids = _as_id_list(response_start_ids)
+    if opens_ids:
+        opens = torch.isin(input_ids, torch.tensor(opens_ids, dtype=torch.long, device=device))
+        closes_ids = _as_id_list(turn_start_ids)
+        closes = (
+            torch.isin(input_ids, torch.tensor(closes_ids, dtype=torch.long, device=device))
+            if closes_ids
+            else torch.zeros_like(opens)
+        )
+        headers = opens | closes
+        positions = torch.arange(input_ids.shape[1], device=device).expand_as(input_ids)
+        # The last header strictly before each position (-1: none): a running max of header indices, shifted.
+        last_header = torch.where(headers, positions, -1).cummax(1).values
+        before = torch.cat([last_header.new_full((input_ids.shape[0], 1), -1), last_header[:, :-1]], 1)
+        in_response = (before >= 0) & opens.gather(1, before.clamp(min=0)) & ~headers & ~media
+        caption = ~opens.any(1, keepdim=True) & ~media
+        roles = torch.where(in_response | caption, int(Role.RESPONSE), roles)
     if labels is not None:
         if labels.shape != input_ids.shape:
             raise ValueError(
@@ -333,7 +366,25 @@ def roles_from_labels(
         if bool((labelled & media).any()):
             raise ValueError("a media token position carries a label: media positions cannot be RESPONSE")
         roles = torch.where(labelled, int(Role.RESPONSE), roles)
+    if attention_mask is not None:
+        roles = roles.masked_fill(attention_mask[:, : roles.shape[1]].to(device) == 0, int(Role.TEXT))
     return roles.long()
+
+
+def roles_from_labels(
+    input_ids: torch.Tensor,
+    media_token_ids: int | Iterable[int],
+    labels: torch.Tensor | None = None,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Roles from what a training batch already has: MEDIA at media tokens, RESPONSE where labelled, TEXT
+    elsewhere (:func:`roles_from_token_ids` without a template).
+
+    ``labels`` are aligned with ``input_ids`` (the Hugging Face convention: the model shifts them), so a
+    position with ``labels != ignore_index`` is a token the model is trained to produce: RESPONSE.
+    """
+    return roles_from_token_ids(input_ids, media_token_ids, labels=labels, ignore_index=ignore_index)
 
 
 def roles_from_assistant_mask(
@@ -352,11 +403,17 @@ def roles_from_assistant_mask(
             f"{tuple(input_ids.shape)}"
         )
     labels = torch.where(assistant_mask.bool(), input_ids, IGNORE_INDEX)
-    return roles_from_labels(input_ids, media_token_ids, labels)
+    return roles_from_token_ids(input_ids, media_token_ids, labels=labels)
+
+
+def _as_id_list(ids: int | Iterable[int] | None) -> list[int]:
+    if ids is None:
+        return []
+    return [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
 
 
 def _as_id_tensor(ids: int | Iterable[int], device: torch.device) -> torch.Tensor:
-    ids = [ids] if isinstance(ids, int) else list(ids)
+    ids = _as_id_list(ids)
     if not ids:
         raise ValueError("no media token ids given")
     return torch.tensor(ids, dtype=torch.long, device=device)

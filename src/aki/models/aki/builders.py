@@ -20,6 +20,8 @@ from .configuration_aki import AkiConfig
 from .processing_aki import CHAT_SYSTEM_MESSAGE
 
 MEDIA_TOKEN = "<image>"
+ASSISTANT_TOKEN = "<|assistant|>"
+TURN_TOKENS = ("<|user|>", "<|system|>")
 TINY_SPECIAL_TOKENS = [
     "<unk>",
     "<s>",
@@ -166,9 +168,12 @@ def token_ids_from_tokenizer(tokenizer: Any, *, media_token: str = MEDIA_TOKEN) 
     media_token_id = tokenizer.convert_tokens_to_ids(media_token)
     if media_token_id is None or media_token_id == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer has no {media_token!r} token: add it as a special token first")
+    vocab = tokenizer.get_vocab()
     return {
         "vocab_size": len(tokenizer),
         "media_token_id": media_token_id,
+        "assistant_token_id": vocab.get(ASSISTANT_TOKEN),
+        "turn_token_ids": sorted(vocab[token] for token in TURN_TOKENS if token in vocab),
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -195,9 +200,11 @@ def aki_config(
     text = dict(text.to_dict() if isinstance(text, PreTrainedConfig) else text)
     if vocab_size is not None:
         text["vocab_size"] = vocab_size
+    headers: dict[str, Any] = {}
     if tokenizer is not None:
         ids = token_ids_from_tokenizer(tokenizer)
         media_token_id = ids.pop("media_token_id")
+        headers = {key: ids.pop(key) for key in ("assistant_token_id", "turn_token_ids")}
         text.update(ids)
     model_type = text.pop("model_type")
     return AkiConfig(
@@ -207,6 +214,7 @@ def aki_config(
         num_latents=num_latents,
         text_head_bias=text_head_bias,
         use_mma=use_mma,
+        **headers,
         **resampler,
     )
 

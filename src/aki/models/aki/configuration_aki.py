@@ -14,7 +14,9 @@ class AkiConfig(PreTrainedConfig):
     ``vision_config`` is a SigLIP vision config (its ``last_hidden_state`` feeds the resampler);
     ``text_config`` is the config of any causal LM (Llama, Phi-3, Qwen2, ...), built with
     ``AutoModelForCausalLM.from_config``. Each ``<image>`` placeholder becomes ``num_latents`` positions
-    holding ``media_token_id``, filled with the resampled image tokens. ``text_head_bias`` gives the
+    holding ``media_token_id``, filled with the resampled image tokens. ``assistant_token_id`` and
+    ``turn_token_ids`` are the chat template's headers from which the model derives MMA roles when none are
+    given (:func:`aki.mma.roles_from_token_ids`, the rule :class:`AkiProcessor` uses). ``text_head_bias`` gives the
     language model's output head a bias (the released AKI checkpoint has one). ``use_mma`` turns
     Modality-Mutual Attention on. Sizes live in :mod:`aki.models.aki.builders` (``aki_tiny``, ``aki_4b``).
 
@@ -40,6 +42,8 @@ class AkiConfig(PreTrainedConfig):
     resampler_ff_mult: int = 4
     num_latents: int = 144
     media_token_id: int | None = None
+    assistant_token_id: int | None = None
+    turn_token_ids: list[int] | None = None
     text_head_bias: bool = False
     use_mma: bool = True
 

@@ -169,6 +169,7 @@ def _resolve_config(
                 f"checkpoint's tokenizer (vocab {ids['vocab_size']}, <image> id {ids['media_token_id']})"
             )
         config.media_token_id = ids["media_token_id"]
+        config.assistant_token_id, config.turn_token_ids = ids["assistant_token_id"], ids["turn_token_ids"]
         return config
     num_latents = arguments.get("num_vision_tokens", 144)
     vision_path, text_path = (
@@ -188,11 +189,12 @@ def _resolve_config(
         )
     vision = AutoConfig.from_pretrained(vision_path)
     text = AutoConfig.from_pretrained(text_path).to_dict()
-    text.update({name: value for name, value in ids.items() if name != "media_token_id"})
+    headers = {key: ids.pop(key) for key in ("media_token_id", "assistant_token_id", "turn_token_ids")}
+    text.update(ids)
     return AkiConfig(
         vision_config=getattr(vision, "vision_config", vision),  # a full SigLIP config holds the vision part
         text_config=AutoConfig.for_model(text.pop("model_type"), **text),
-        media_token_id=ids["media_token_id"],
+        **headers,
         num_latents=num_latents,
         text_head_bias=True,
         **REFERENCE_RESAMPLER,

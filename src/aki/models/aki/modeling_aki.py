@@ -21,7 +21,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ...integration import disable_mma, enable_mma, is_mma_enabled
-from ...mma import roles_from_labels
+from ...mma import roles_from_token_ids
 from .configuration_aki import AkiConfig
 from .resampler import PerceiverResampler
 
@@ -220,7 +220,7 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
 
         if is_mma_enabled(self.language_model):
             if mma_roles is None and input_ids is not None:
-                mma_roles = self._roles_from_input_ids(input_ids, labels)
+                mma_roles = self.roles_from_input_ids(input_ids, labels, attention_mask)
             if mma_roles is not None and past_length >= mma_roles.shape[1]:
                 mma_roles = None  # decoding past the prompt: every query is RESPONSE, attention is causal
             kwargs["mma_roles"] = mma_roles
@@ -251,18 +251,31 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
         """
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if mma_roles is None and input_ids is not None and is_mma_enabled(self.language_model):
-            mma_roles = self._roles_from_input_ids(input_ids)
+            mma_roles = self.roles_from_input_ids(input_ids, attention_mask=kwargs.get("attention_mask"))
         if mma_roles is not None:
             kwargs["mma_roles"] = mma_roles
         return super().generate(inputs, *args, **kwargs)
 
-    def _roles_from_input_ids(
-        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None
+    def roles_from_input_ids(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """MEDIA at placeholders, RESPONSE where labelled, TEXT elsewhere; None when there is no placeholder."""
-        if self.config.media_token_id is None or not bool((input_ids == self.config.media_token_id).any()):
+        """The roles :class:`AkiProcessor` would give ``input_ids`` (:func:`aki.mma.roles_from_token_ids` with
+        the config's template headers), labelled positions RESPONSE; None when there is no image placeholder.
+        """
+        config = self.config
+        if config.media_token_id is None or not bool((input_ids == config.media_token_id).any()):
             return None
-        return roles_from_labels(input_ids, self.config.media_token_id, labels)
+        return roles_from_token_ids(
+            input_ids,
+            config.media_token_id,
+            response_start_ids=() if config.assistant_token_id is None else config.assistant_token_id,
+            turn_start_ids=config.turn_token_ids or (),
+            labels=labels,
+            attention_mask=attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None,
+        )
 
     # ----------------------------------------------------------------------------------------------
     # The released checkpoint

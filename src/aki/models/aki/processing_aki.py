@@ -22,7 +22,7 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedConfig
 from transformers.processing_utils import ProcessorMixin
 
-from ...mma import Role
+from ...mma import Role, roles_from_token_ids
 from .image_processing_aki import AkiImageProcessor, check_decodes, open_image
 
 CHAT_TEMPLATE = (Path(__file__).parent / "chat_template.jinja").read_text()
@@ -92,8 +92,13 @@ class AkiProcessor(ProcessorMixin):
         vocab = self.tokenizer.get_vocab()
         if image_token not in vocab:
             raise ValueError(f"the tokenizer has no {image_token!r} token: add it as a special token first")
+        if assistant_token not in vocab:
+            raise ValueError(
+                f"the tokenizer has no {assistant_token!r} token: add it as a special token first (the MMA "
+                "roles need the assistant header as one token)"
+            )
         self.image_token_id = vocab[image_token]
-        self.assistant_token_id = vocab.get(assistant_token)
+        self.assistant_token_id = vocab[assistant_token]
         self.turn_token_ids = {vocab[token] for token in self.turn_tokens if token in vocab}
 
     @classmethod
@@ -148,20 +153,18 @@ class AkiProcessor(ProcessorMixin):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def roles(self, token_ids: Sequence[int]) -> list[int]:
-        """The MMA role of every token of one expanded sequence (see the module docstring)."""
-        if self.assistant_token_id is None or self.assistant_token_id not in token_ids:
-            return [int(Role.MEDIA if t == self.image_token_id else Role.RESPONSE) for t in token_ids]
-        roles, in_response = [], False
-        for token in token_ids:
-            if token == self.image_token_id:
-                roles.append(Role.MEDIA)
-                continue
-            if token == self.assistant_token_id or token in self.turn_token_ids:
-                roles.append(Role.TEXT)
-                in_response = token == self.assistant_token_id
-                continue
-            roles.append(Role.RESPONSE if in_response else Role.TEXT)
-        return [int(role) for role in roles]
+        """The MMA role of every token of one expanded sequence (:func:`aki.mma.roles_from_token_ids`)."""
+        return self.roles_of(torch.tensor([list(token_ids)], dtype=torch.long))[0].tolist()
+
+    def roles_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Roles ``[B, L]`` of a batch of expanded token ids, by the template rule of the module docstring."""
+        return roles_from_token_ids(
+            input_ids,
+            self.image_token_id,
+            response_start_ids=self.assistant_token_id,
+            turn_start_ids=sorted(self.turn_token_ids),
+            attention_mask=attention_mask,
+        )
 
     # ----------------------------------------------------------------------------------------------
 
