@@ -10,10 +10,10 @@ import pytest
 import torch
 from serve_helpers import TEXTS
 
+from aki.generation import load_model
 from aki.models import AkiForConditionalGeneration, AkiProcessor, aki_tiny, tiny_tokenizer
 from aki.models.aki.builders import TINY_LLAMA
 from aki.serve import Engine, Limits
-from aki.serve.engine import load_model
 
 
 @pytest.fixture(scope="session")

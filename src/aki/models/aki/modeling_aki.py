@@ -274,7 +274,9 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
             response_start_ids=() if config.assistant_token_id is None else config.assistant_token_id,
             turn_start_ids=config.turn_token_ids or (),
             labels=labels,
-            attention_mask=attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None,
+            attention_mask=attention_mask
+            if attention_mask is not None and attention_mask.dim() == 2
+            else None,
         )
 
     # ----------------------------------------------------------------------------------------------
