@@ -84,7 +84,7 @@ def test_mma_switch_changes_image_prompts_only(random_aki):
     image_prompt, text_prompt = PROMPTS[0], PROMPTS[2]
     (mma_image, _), (mma_text, _) = with_mma.loglikelihood([image_prompt, text_prompt], ["Yes", "Yes"])
     (causal_image, _), (causal_text, _) = causal.loglikelihood([image_prompt, text_prompt], ["Yes", "Yes"])
-    assert abs(mma_image - causal_image) > 1e-6  # the image saw the question
+    assert abs(mma_image - causal_image) > 1e-3  # the image saw the question
     assert mma_text == pytest.approx(causal_text, abs=1e-5)  # no media: MMA is causal attention
 
 

@@ -189,11 +189,11 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, synthetic_files):
 
 
 def test_samples_longer_than_max_length_are_skipped(tmp_path):
-    # The 8 synthetic chats are 80 to 113 tokens long; 4 of them are longer than 85. Two steps of 4 = one epoch.
+    # The 8 synthetic chats are 47 to 64 tokens long; 4 of them are longer than 48. Two steps of 4 = one epoch.
     sources = "data.sources=[{format: synthetic, size: 8, image_size: 32}]"
-    result = run_sft(tiny_config("sft", tmp_path, "steps=2", "data.max_length=85", sources))
+    result = run_sft(tiny_config("sft", tmp_path, "steps=2", "data.max_length=48", sources))
     assert len(result.skipped) == 4
-    assert all("exceed max_length=85" in reason for _, reason in result.skipped)
+    assert all("exceed max_length=48" in reason for _, reason in result.skipped)
     assert sum(len(ids) for ids in result.sample_ids) == 4
 
 

@@ -75,11 +75,10 @@ class _Encoder:
             raise BadSample(
                 raw.id, f"the text has {found} <image> placeholders but the sample has {len(images)} images"
             )
-        input_ids, labels = [], []
-        for token, is_labelled in zip(token_ids, labelled, strict=True):
-            copies = self.processor.num_image_tokens if token == self.image_token_id else 1
-            input_ids += [token] * copies
-            labels += [token if is_labelled and token != self.image_token_id else IGNORE_INDEX] * copies
+        input_ids, labels = self.processor.expand(
+            token_ids,
+            [t if is_labelled else IGNORE_INDEX for t, is_labelled in zip(token_ids, labelled, strict=True)],
+        )
         if len(input_ids) > self.max_length:
             raise BadSample(
                 raw.id, f"{len(input_ids)} tokens (images expanded) exceed max_length={self.max_length}"

@@ -49,13 +49,12 @@ from ..data import synthetic
 from ..data.config import DataConfig, SourceConfig
 from ..generation import Prompt, Runner, SamplingParams, default_device
 from ..mma import mma_mask
-from ..models.aki import AkiForConditionalGeneration, AkiProcessor
+from ..models.aki import AkiForConditionalGeneration, AkiProcessor, chat_template
 from ..train import TrainResult, run_pretrain, run_sft
 from ..train.config import CheckpointConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
 from ..viz import save_mask_png
 from . import report, vision
 from .presets import Preset, build_config, get_preset
-from .tokenizer import CHAT_TEMPLATE, train_tokenizer
 
 QUESTION = (
     "Does Modality-Mutual Attention beat causal attention, trained on the same data from the same start?"
@@ -151,7 +150,7 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
             progress.finish()
         with timings("vision"):
             images, targets = read_vision_data(data, preset)
-        tokenizer = train_tokenizer()
+        tokenizer = synthetic.tokenizer()
         for latents in options.budgets:
             for seed in range(options.seeds):
                 first = (latents, seed) == (options.budgets[0], 0)
@@ -353,7 +352,7 @@ def initialise(
     config = build_config(tokenizer, dataclasses.replace(preset.model, num_latents=latents))
     transformers.set_seed(seed)
     model = AkiForConditionalGeneration(config)
-    processor = AkiProcessor.for_model(config, tokenizer, chat_template=CHAT_TEMPLATE)
+    processor = AkiProcessor.for_model(config, tokenizer, chat_template=chat_template(""))
     losses, _ = vision.pretrain_vision_tower(
         model.vision_tower.to(default_device()),
         processor.image_processor(list(images), return_tensors="pt")["pixel_values"],

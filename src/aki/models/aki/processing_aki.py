@@ -143,7 +143,7 @@ class AkiProcessor(ProcessorMixin):
         placeholders = [ids.count(self.image_token_id) for ids in token_ids]
         images_per_text = self._assign_images(images, placeholders)
 
-        sequences = [self._expand(ids) for ids in token_ids]
+        sequences = [self.expand(ids) for ids in token_ids]
         if max_length is not None:
             sequences = [self._truncate(ids, max_length, i) for i, ids in enumerate(sequences)]
         features = [{"input_ids": ids, "mma_roles": self.roles(ids)} for ids in sequences]
@@ -241,11 +241,19 @@ class AkiProcessor(ProcessorMixin):
             for i, group in enumerate(groups)
         ]
 
-    def _expand(self, token_ids: list[int]) -> list[int]:
-        expanded = []
-        for token in token_ids:
-            expanded.extend([token] * self.num_image_tokens if token == self.image_token_id else [token])
-        return expanded
+    def expand(self, token_ids: Sequence[int], labels: Sequence[int] | None = None):
+        """Each ``<image>`` token repeated ``num_image_tokens`` times (the positions its image fills).
+
+        With ``labels`` (aligned with ``token_ids``), returns ``(input_ids, labels)``; an image's positions are
+        never labelled.
+        """
+        copies = [self.num_image_tokens if token == self.image_token_id else 1 for token in token_ids]
+        expanded = [token for token, n in zip(token_ids, copies, strict=True) for _ in range(n)]
+        if labels is None:
+            return expanded
+        image = self.image_token_id
+        label_of = [IGNORE_INDEX if t == image else label for t, label in zip(token_ids, labels, strict=True)]
+        return expanded, [label for label, n in zip(label_of, copies, strict=True) for _ in range(n)]
 
     def _truncate(self, token_ids: list[int], max_length: int, index: int) -> list[int]:
         if len(token_ids) <= max_length:
