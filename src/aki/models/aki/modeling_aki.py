@@ -9,8 +9,6 @@ and Modality-Mutual Attention is switched on for it with :func:`aki.integration.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -278,22 +276,6 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
             if attention_mask is not None and attention_mask.dim() == 2
             else None,
         )
-
-    # ----------------------------------------------------------------------------------------------
-    # The released checkpoint
-    # ----------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_reference(
-        cls, checkpoint_dir: str | Path, *, config: AkiConfig | None = None, use_mma: bool = True
-    ) -> AkiForConditionalGeneration:
-        """Load the released layout (``config.json`` of constructor arguments + ``model.safetensors``).
-
-        See :func:`aki.models.aki.convert.load_reference` for what is checked; nothing is re-initialised.
-        """
-        from .convert import load_reference
-
-        return load_reference(checkpoint_dir, config=config, use_mma=use_mma)[0]
 
 
 __all__ = ["AkiForConditionalGeneration", "AkiPreTrainedModel"]
