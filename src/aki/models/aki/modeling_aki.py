@@ -253,7 +253,7 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
         return AkiCausalLMOutputWithPast(
             loss=outputs.loss,
             logits=outputs.logits,
-            **{CACHE_KWARG: outputs[CACHE_KWARG] if CACHE_KWARG in outputs else None},
+            **{CACHE_KWARG: outputs.get(CACHE_KWARG)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
