@@ -15,7 +15,9 @@ from .tiny import batch, build
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (FlashAttention kernels run on GPUs)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA (FlashAttention kernels run on GPUs)"
+    ),
     pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="needs the flash-attn package"),
 ]
 
@@ -42,7 +44,7 @@ def test_flash_attention_with_mma_equals_sdpa_with_mma_in_bf16(kernel):
 
 
 def test_generation_on_flash_attention_with_mma_equals_sdpa():
-    inputs, roles = batch("llava", ["T M M M M T T T", "T T M M M M T T"])
+    inputs, _ = batch("llava", ["T M M M M T T T", "T T M M M M T T"])
     inputs.pop("position_ids")
     inputs = {k: v.cuda() for k, v in inputs.items()}
     inputs["pixel_values"] = inputs["pixel_values"].bfloat16()
