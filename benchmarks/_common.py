@@ -15,10 +15,20 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import (
+    ALL_MASK_ATTENTION_FUNCTIONS,
+    AttentionMaskInterface,
+    causal_mask_function,
+    flash_attention_mask,
+)
 
-from aki.mma import parse_layout
+from aki.integration import mma_context
+from aki.mma import MmaLayout, parse_layout
 
 # Prompts (T = text, M = media, R = response), each followed by RESPONSE up to the sequence length.
 # One 144-token image after 32 text tokens, then a 96-token question: the AKI SFT layout.
@@ -32,6 +42,13 @@ QUICK_SINGLE_IMAGE = "T" * 8 + "M" * 36 + "T" * 24
 QUICK_MULTI_IMAGE = (
     "T" * 8 + "M" * 36 + "T" * 4 + "M" * 36 + "T" * 24 + "R" * 32 + "T" * 8 + "M" * 36 + "T" * 24
 )
+# Many media tokens: four 576-token images (LLaVA-1.5's 24 x 24 patches), a short caption after each, then the
+# question; at L=4096, 2304 of the rows (56 %) are media.
+MANY_IMAGES = "T" * 32 + ("M" * 576 + "T" * 16) * 3 + "M" * 576 + "T" * 96
+QUICK_MANY_IMAGES = "T" * 8 + ("M" * 36 + "T" * 4) * 3 + "M" * 36 + "T" * 24
+
+# The attention implementation name of the FlashAttention stand-in (register_causal_stand_in).
+CAUSAL_STAND_IN = "causal_stand_in"
 
 
 # What a sample measures: elapsed time, or CPU time of this process (all its threads; at one thread it
@@ -74,13 +91,46 @@ def layout_roles(prompt: str, *, batch: int, length: int) -> torch.Tensor:
     return parse_layout(prompt + "R" * (length - len(prompt))).expand(batch, length).clone()
 
 
+def split_mask(layout: MmaLayout, implementation: str) -> Any:
+    """What the mask interface of ``implementation`` (``aki_mma_sdpa``, ...) gives a full prefill / training forward.
+
+    The model builds it once per forward and every layer shares it, so the scripts time it apart from attention.
+    """
+    batch, length = layout.valid.shape
+    with mma_context(layout):
+        return ALL_MASK_ATTENTION_FUNCTIONS[implementation](
+            batch_size=batch,
+            q_length=length,
+            kv_length=length,
+            q_offset=0,
+            kv_offset=0,
+            mask_function=causal_mask_function,
+            attention_mask=None,
+            allow_is_causal_skip=True,
+            dtype=torch.float32,
+            config=None,
+            use_vmap=False,
+            device=layout.valid.device,
+        )
+
+
+def now() -> float:
+    """The ``--clock`` in seconds, for a script that times a part of a call itself (``self_timed``)."""
+    return _clock()
+
+
 def time_interleaved(
     variants: dict[str, Callable[[], object]],
     *,
     repeats: int,
     warmup: int = 1,
+    self_timed: bool = False,
 ) -> dict[str, float]:
-    """Median seconds of each variant (on the ``--clock``), the variants alternating within every repetition."""
+    """Median seconds of each variant (on the ``--clock``), the variants alternating within every repetition.
+
+    With ``self_timed``, each call returns the seconds it measured itself with :func:`now` (a trainer's step
+    without the setup around it), and that is its sample.
+    """
     names = list(variants)
     for _ in range(warmup):
         for name in names:
@@ -93,8 +143,8 @@ def time_interleaved(
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
                 start = _clock()
-                variants[name]()
-                samples[name].append(_clock() - start)
+                result = variants[name]()
+                samples[name].append(result if self_timed else _clock() - start)
     finally:
         gc.enable()
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -118,3 +168,36 @@ def report_ratio(label: str, value: float, *, target: float | None = None) -> No
 def report_check(label: str, passed: bool, detail: str) -> None:
     """One ``CHECK`` line: a correctness condition the measured variants must meet."""
     print(f"CHECK {label}: {'PASS' if passed else 'FAIL'} ({detail})")
+
+
+def causal_stand_in(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """A CPU stand-in for FlashAttention: causal SDPA over the keys a 2D padding mask keeps, any other mask ignored.
+
+    It gets what transformers gives flash kernels (``flash_attention_mask``: None, or the 2D padding mask), so MMA
+    reaches it only through aki's split. Sliding windows and padding-free packing are refused, not ignored.
+    """
+    position_ids = kwargs.get("position_ids")
+    packed = attention_mask is None and position_ids is not None and bool((position_ids[..., 1:] == 0).any())
+    if kwargs.get("sliding_window") is not None or packed:
+        raise ValueError("the benchmarks' causal stand-in computes causal attention with padding only")
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # (B, H, Lk, D)
+    q_length, kv_length = query.shape[2], key.shape[2]
+    allowed = None
+    if attention_mask is not None or q_length != kv_length:
+        q_positions = torch.arange(kv_length - q_length, kv_length, device=query.device)[:, None]
+        allowed = torch.arange(kv_length, device=query.device)[None, :] <= q_positions  # (Lq, Lk)
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[:, None, None, -kv_length:].bool()  # (B, 1, Lq, Lk)
+            allowed = allowed | ~allowed.any(-1, keepdim=True)  # a padded query row: finite, unused
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=allowed, dropout_p=dropout, scale=scaling, is_causal=allowed is None
+    )
+    return output.transpose(1, 2).contiguous(), None  # (B, Lq, H, D)
+
+
+def register_causal_stand_in() -> str:
+    """Register :func:`causal_stand_in` with transformers under :data:`CAUSAL_STAND_IN`, with flash's mask."""
+    AttentionInterface.register(CAUSAL_STAND_IN, causal_stand_in)
+    AttentionMaskInterface.register(CAUSAL_STAND_IN, flash_attention_mask)  # None or the 2D padding mask
+    return CAUSAL_STAND_IN

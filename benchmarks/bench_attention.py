@@ -26,7 +26,6 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.profiler import ProfilerActivity, profile
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from _common import (
@@ -39,35 +38,15 @@ from _common import (
     print_times,
     report_check,
     report_ratio,
+    split_mask,
     time_interleaved,
 )
-from aki.integration import mma_context
 from aki.mma import MmaLayout, mma_layout
 
 HEADS, HEAD_DIM = 8, 64
 MMA_SDPA = ALL_ATTENTION_FUNCTIONS["aki_mma_sdpa"]  # what enable_mma registered with transformers
 # What the attention interface hands to an attention function; only these attributes are read.
 MODULE = types.SimpleNamespace(is_causal=True, num_key_value_groups=1, training=False)
-
-
-def patch_mask(layout: MmaLayout):
-    """The mask ``aki_mma_sdpa`` gets from its mask interface for a full prefill / training forward."""
-    batch, length = layout.valid.shape
-    with mma_context(layout):
-        return ALL_MASK_ATTENTION_FUNCTIONS["aki_mma_sdpa"](
-            batch_size=batch,
-            q_length=length,
-            kv_length=length,
-            q_offset=0,
-            kv_offset=0,
-            mask_function=causal_mask_function,
-            attention_mask=None,
-            allow_is_causal_skip=True,
-            dtype=torch.float32,
-            config=None,
-            use_vmap=False,
-            device=layout.valid.device,
-        )
 
 
 def attention_variants(q, k, v, layout: MmaLayout, roles: torch.Tensor, flex) -> dict[str, Callable]:
@@ -78,7 +57,7 @@ def attention_variants(q, k, v, layout: MmaLayout, roles: torch.Tensor, flex) ->
     checked_block_mask = layout.block_mask(full_blocks=False)
     length = layout.length
     causal_block_mask = create_block_mask(_causal, None, None, length, length, device="cpu", _compile=False)
-    patch = patch_mask(layout)
+    patch = split_mask(layout, "aki_mma_sdpa")
     return {
         "causal SDPA (is_causal)": lambda: sdpa_attention_forward(MODULE, q, k, v, None)[0],
         "SDPA + dense bool MMA mask": lambda: sdpa_attention_forward(MODULE, q, k, v, dense)[0],
@@ -91,7 +70,7 @@ def attention_variants(q, k, v, layout: MmaLayout, roles: torch.Tensor, flex) ->
         ),
         "aki media-row patch": lambda: MMA_SDPA(MODULE, q, k, v, patch)[0],
         "aki media-row patch + its mask build": lambda: MMA_SDPA(
-            MODULE, q, k, v, patch_mask(mma_layout(roles))
+            MODULE, q, k, v, split_mask(mma_layout(roles), "aki_mma_sdpa")
         )[0],
     }
 
