@@ -130,15 +130,21 @@ class MediaRowPatch:
 
     ``base`` is what the kernel's mask interface gives for the causal pattern (``sdpa``: None means
     ``is_causal``; flash: the 2D padding mask or None). The media rows are grouped per batch row into ``slots``
-    so one SDPA call recomputes them all over keys ``[0, span)``.
+    so that one SDPA call serves them all, in one of two ways (``docs/design.md``):
+
+    * recompute (``extension_keys`` is None): the slots attend to keys ``[0, span)`` and their outputs replace the
+      kernel's rows; exact on top of any kernel that computes causal attention;
+    * merge (sdpa on a CPU): the slots attend only to the keys MMA adds, gathered at ``extension_keys``, and a
+      log-sum-exp merge folds that into the base pass, forward and backward.
     """
 
     base: Any
     slot_query: torch.Tensor  # (B, M) local query index of each slot (0 for unused slots)
-    slot_mask: torch.Tensor  # (B, 1, M, span) bool, allowed keys of each slot
+    slot_mask: torch.Tensor  # (B, 1, M, K) bool, allowed keys of each slot: keys [0, K) or the extension keys
     row_batch: torch.Tensor  # (N,) batch index of each media row
     row_query: torch.Tensor  # (N,) local query index of each media row
     row_slot: torch.Tensor  # (N,) slot of each media row
+    extension_keys: torch.Tensor | None = None  # (B, K) key positions of the slots when merging
 
     @property
     def span(self) -> int:
@@ -208,17 +214,72 @@ def media_row_patch(
         rows_b[:, None], torch.zeros_like(rows_b)[:, None], rows_q[:, None], keys[None, :]
     )
     row_mask = row_mask.expand(rows_b.numel(), span)  # (N, span)
+    slot_query, slot_mask, row_slot = _slots(rows_b, rows_q - q_offset, row_mask, batch_size)
+    return MediaRowPatch(base, slot_query, slot_mask, rows_b, rows_q - q_offset, row_slot)
 
-    # Group the rows per batch row into slots, so one batched SDPA call serves them all.
+
+def _merge_patch(
+    layout: MmaLayout,
+    rows_b: torch.Tensor,
+    rows_q: torch.Tensor,
+    *,
+    base: Any,
+    batch_size: int,
+    kv_length: int,
+    mask_function: Callable,
+    attention_mask: torch.Tensor | None,
+) -> MediaRowPatch | None:
+    """The merge form of :class:`MediaRowPatch` for a whole forward (no offsets), None when MMA adds no key.
+
+    Each changed row gets the keys that the composed mask with the MMA extension allows and ``mask_function`` (the
+    base pass) does not: the two key sets are disjoint, which is what makes the log-sum-exp merge exact. Only the
+    TEXT keys of each batch row between its first media row and its furthest stop are candidates: no ``(N, L)``
+    mask.
+    """
+    device, length = rows_b.device, layout.length
+    first = torch.full((batch_size,), length, device=device).scatter_reduce(0, rows_b, rows_q, "amin")
+    stops = layout.media_end[rows_b, rows_q]  # (N,)
+    reach = torch.zeros(batch_size, dtype=torch.long, device=device).scatter_reduce(0, rows_b, stops, "amax")
+    positions = torch.arange(length, device=device)
+    candidate = layout.key_is_text & (positions > first[:, None]) & (positions < reach[:, None])  # (B, L)
+    width = max(1, int(candidate.sum(1).max()))
+    # A permutation of the positions, candidates first: no key appears twice in a slot.
+    extension_keys = candidate.to(torch.int8).argsort(dim=1, descending=True, stable=True)[
+        :, :width
+    ]  # (B, K)
+
+    keys = extension_keys[rows_b]  # (N, K)
+    index = (rows_b[:, None], torch.zeros_like(rows_b)[:, None], rows_q[:, None], keys)
+    allowed = _with_padding(
+        or_masks(mask_function, layout.extension_function()), attention_mask, kv_length, 0
+    )
+    in_base = _with_padding(mask_function, attention_mask, kv_length, 0)
+    row_mask = (allowed(*index) & ~in_base(*index)).expand_as(keys)  # (N, K): only what MMA adds
+    adds = row_mask.any(-1)
+    if not bool(adds.any()):
+        return None
+    rows_b, rows_q, row_mask = rows_b[adds], rows_q[adds], row_mask[adds]
+    slot_query, slot_mask, row_slot = _slots(rows_b, rows_q, row_mask, batch_size)
+    return MediaRowPatch(base, slot_query, slot_mask, rows_b, rows_q, row_slot, extension_keys)
+
+
+def _slots(
+    rows_b: torch.Tensor, rows_q: torch.Tensor, row_mask: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group the rows per batch row into slots, so one batched SDPA call serves them all.
+
+    Returns ``slot_query`` (B, M), ``slot_mask`` (B, 1, M, K) (unused slots see every key: finite, discarded)
+    and ``row_slot`` (N,).
+    """
     counts = torch.bincount(rows_b, minlength=batch_size)
     slots = int(counts.max())
     first_of_batch = torch.cumsum(counts, 0) - counts
     row_slot = torch.arange(rows_b.numel(), device=rows_b.device) - first_of_batch[rows_b]
     slot_query = torch.zeros(batch_size, slots, dtype=torch.long, device=rows_b.device)
-    slot_query[rows_b, row_slot] = rows_q - q_offset
-    slot_mask = torch.ones(batch_size, 1, slots, span, dtype=torch.bool, device=rows_b.device)
+    slot_query[rows_b, row_slot] = rows_q
+    slot_mask = torch.ones(batch_size, 1, slots, row_mask.shape[-1], dtype=torch.bool, device=rows_b.device)
     slot_mask[rows_b, 0, row_slot] = row_mask
-    return MediaRowPatch(base, slot_query, slot_mask, rows_b, rows_q - q_offset, row_slot)
+    return slot_query, slot_mask, row_slot
 
 
 def _split_mask(kernel: str) -> Callable:
@@ -240,11 +301,26 @@ def _split_mask(kernel: str) -> Callable:
             # model that composed its own mask functions may need vmap: build the whole mask densely.
             full_function = or_masks(mask_function, layout.extension_function())
             return plain(mask_function=full_function, allow_is_causal_skip=False)
+        base = None if kernel_mask is None else plain(mask_function=mask_function)
+        if kernel == "sdpa" and _merges(
+            layout, q_offset, kv_offset, q_length, kv_length, kwargs.get("config")
+        ):
+            patch = _merge_patch(
+                layout,
+                rows_b,
+                rows_q,
+                base=base,
+                batch_size=batch_size,
+                kv_length=kv_length,
+                mask_function=mask_function,
+                attention_mask=kwargs.get("attention_mask"),
+            )
+            return base if patch is None else patch
         return media_row_patch(
             layout,
             rows_b,
             rows_q,
-            base=None if kernel_mask is None else plain(mask_function=mask_function),
+            base=base,
             batch_size=batch_size,
             kv_length=kv_length,
             q_offset=int(q_offset),
@@ -254,6 +330,15 @@ def _split_mask(kernel: str) -> Callable:
         )
 
     return split_mask
+
+
+def _merges(layout: MmaLayout, q_offset, kv_offset, q_length: int, kv_length: int, config: Any) -> bool:
+    """Whether ``aki_mma_sdpa`` merges instead of recomputing: a whole forward on a CPU without attention dropout.
+
+    The merge needs the log-sum-exp of the base pass, which SDPA's CPU flash kernel returns (``docs/design.md``).
+    """
+    whole = int(q_offset) == 0 and int(kv_offset) == 0 and q_length == kv_length
+    return whole and layout.valid.device.type == "cpu" and not getattr(config, "attention_dropout", 0.0)
 
 
 def _mma_eager_mask(*, q_offset=0, q_length, mask_function=None, **kwargs):
@@ -338,6 +423,8 @@ def _split_attention(kernel: str) -> Callable:
                 f"MMA on {kernel!r} recomputes the media rows with SDPA, which cannot apply this model's "
                 "attention softcapping / sinks: use attn_implementation='eager' for MMA on this model"
             )
+        if attention_mask.extension_keys is not None:
+            return _merged_attention(query, key, value, attention_mask, dropout, scaling), None
         output, _ = attend(
             module, query, key, value, attention_mask.base, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -358,6 +445,131 @@ def _patch_media_rows(output, query, key, value, patch: MediaRowPatch, dropout: 
     ).transpose(1, 2)  # (B, M, H, Dv)
     rows = slot_output[patch.row_batch, patch.row_slot].to(output.dtype)
     return output.index_put((patch.row_batch, patch.row_query), rows)
+
+
+def _merged_attention(query, key, value, patch: MediaRowPatch, dropout: float, scaling) -> torch.Tensor:
+    """Causal SDPA for every row, merged with the media rows' attention over the keys MMA adds: (B, Lq, H, D)."""
+    if dropout:
+        raise RuntimeError(
+            f"aki_mma_sdpa merges the media rows only without attention dropout, got dropout {dropout}: set the "
+            "config's attention_dropout (aki chose the merge from it) or use attn_implementation='eager'"
+        )
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # (B, H, Lk, D)
+    base = None if patch.base is None else _additive(patch.base, query.dtype)
+    output = _MergedAttention.apply(
+        query,
+        key,
+        value,
+        base,
+        _additive(patch.slot_mask, query.dtype),
+        patch.slot_query,
+        patch.extension_keys,
+        patch.row_batch,
+        patch.row_query,
+        patch.row_slot,
+        scaling,
+    )  # (B, H, Lq, D)
+    return output.transpose(1, 2).contiguous()
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as the additive one SDPA's CPU flash kernel takes (as ``scaled_dot_product_attention`` does)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, -torch.inf)
+
+
+def _rows(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``states`` (B, H, L, D) at positions ``index`` (B, K) of each batch row: (B, H, K, D)."""
+    batch, heads, _, dim = states.shape
+    return states.gather(2, index[:, None, :, None].expand(batch, heads, -1, dim))
+
+
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class _MergedAttention(torch.autograd.Function):
+    """Attention over the base keys, and for each media row also over its extension keys, merged by log-sum-exp.
+
+    The two key sets are disjoint, so one softmax over both is the log-sum-exp merge of the two; and flash
+    attention's backward, run once per key set with the merged output and log-sum-exp, gives the gradients of
+    that one softmax (``docs/design.md``). Shapes: query, key, value (B, H, L, D); base (B, 1, L, L) additive or
+    None (causal); extension (B, 1, M, K) additive over the keys at ``extension_keys`` (B, K).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        query,
+        key,
+        value,
+        base,
+        extension,
+        slot_query,
+        extension_keys,
+        row_batch,
+        row_query,
+        row_slot,
+        scale,
+    ):
+        output, lse = _FLASH(
+            query, key, value, 0.0, base is None, attn_mask=base, scale=scale
+        )  # (B,H,L,D), (B,H,L)
+        slot_output, slot_lse = _FLASH(
+            _rows(query, slot_query),
+            _rows(key, extension_keys),
+            _rows(value, extension_keys),
+            0.0,
+            False,
+            attn_mask=extension,
+            scale=scale,
+        )  # (B, H, M, D), (B, H, M)
+        base_lse, more_lse = lse[row_batch, :, row_query], slot_lse[row_batch, :, row_slot]  # (N, H)
+        merged_lse = torch.logaddexp(base_lse, more_lse)
+        exact = lse.dtype  # float32 for half-precision inputs, else theirs
+        merged = (base_lse - merged_lse).exp()[..., None] * output[row_batch, :, row_query].to(exact)
+        merged += (more_lse - merged_lse).exp()[..., None] * slot_output[row_batch, :, row_slot].to(exact)
+        output[row_batch, :, row_query] = merged.to(output.dtype)  # (N, H, D)
+        lse[row_batch, :, row_query] = merged_lse
+        ctx.save_for_backward(
+            query, key, value, output, lse, base, extension, slot_query, extension_keys, row_batch, row_slot
+        )
+        ctx.scale = scale
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        query, key, value, output, lse, base, extension, slot_query, extension_keys, row_batch, row_slot = (
+            ctx.saved_tensors
+        )
+        grad_output = grad_output.contiguous()
+        grad_query, grad_key, grad_value = _FLASH_BACKWARD(
+            grad_output, query, key, value, output, lse, 0.0, base is None, attn_mask=base, scale=ctx.scale
+        )
+        used = torch.zeros(slot_query.shape, dtype=torch.bool, device=slot_query.device)
+        used[row_batch, row_slot] = True
+        slot_grad = _rows(grad_output, slot_query) * used[:, None, :, None]  # unused slots add nothing
+        slot_lse = lse.gather(2, slot_query[:, None, :].expand(-1, lse.shape[1], -1))  # (B, H, M)
+        slot_grads = _FLASH_BACKWARD(
+            slot_grad,
+            _rows(query, slot_query),
+            _rows(key, extension_keys),
+            _rows(value, extension_keys),
+            _rows(output, slot_query),
+            slot_lse,
+            0.0,
+            False,
+            attn_mask=extension,
+            scale=ctx.scale,
+        )  # (B, H, M, D), (B, H, K, D), (B, H, K, D)
+        for grad, index, part in zip(
+            (grad_query, grad_key, grad_value),
+            (slot_query, extension_keys, extension_keys),
+            slot_grads,
+            strict=True,
+        ):
+            grad.scatter_add_(2, index[:, None, :, None].expand_as(part), part)
+        return grad_query, grad_key, grad_value, None, None, None, None, None, None, None, None
 
 
 def _mma_eager_attention(module, query, key, value, attention_mask, **kwargs):

@@ -123,3 +123,26 @@ def test_short_sequences_take_the_dense_sdpa_mask_with_the_same_logits(name, mon
     actual = logits(build(name, "sdpa", mma=True), inputs, roles)
     valid = inputs["attention_mask"].bool()
     torch.testing.assert_close(actual[valid], expected[valid], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])
+@pytest.mark.parametrize("name", ["llama", "gemma3", "qwen2_vl"])
+def test_sdpa_merges_on_a_cpu_and_recomputes_when_attention_dropout_is_configured(
+    name, attention_dropout, monkeypatch
+):
+    """On a CPU, aki_mma_sdpa merges the keys MMA adds into the causal pass by log-sum-exp; a config with attention
+    dropout makes it recompute the media rows instead (the merge has no dropout). Both give the reference logits.
+    """
+    import aki.integration
+
+    merged = []
+    merge = aki.integration._merged_attention
+    monkeypatch.setattr(aki.integration, "_merged_attention", lambda *a: merged.append(1) or merge(*a))
+    inputs, roles = batch(name, layouts(name))
+    model = build(name, "sdpa", mma=True)
+    text_config(model).attention_dropout = attention_dropout  # eval mode: the layers apply none
+    actual = logits(model, inputs, roles)
+    valid = inputs["attention_mask"].bool()
+    expected = reference_logits(name, inputs, roles)
+    torch.testing.assert_close(actual[valid], expected[valid], atol=1e-5, rtol=0)
+    assert bool(merged) == (attention_dropout == 0.0)

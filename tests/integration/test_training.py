@@ -42,3 +42,65 @@ def test_gradients_equal_the_dense_reference(name, implementation):
     assert gradients.keys() == expected.keys()
     for key, gradient in gradients.items():
         torch.testing.assert_close(gradient, expected[key], atol=1e-6, rtol=1e-4, msg=key)
+
+
+def test_the_sdpa_merge_passes_gradcheck_and_equals_the_dense_rule_in_float64():
+    """aki_mma_sdpa's log-sum-exp merge (the causal pass plus each media row's keys that MMA adds) has the gradients
+    of one softmax over both key sets: gradcheck in float64, with padding and grouped-query heads, and output and
+    gradients equal SDPA with the dense rule mask on the valid rows.
+    """
+    import types
+
+    from transformers.integrations.sdpa_attention import repeat_kv
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from aki.integration import MediaRowPatch, mma_context
+    from aki.mma import mma_layout
+
+    from .tiny import rule_mask
+
+    inputs, roles = batch("llama", LAYOUTS)  # row 0 left-padded
+    attention_mask = inputs["attention_mask"]
+    size, length = roles.shape
+    with mma_context(mma_layout(roles, attention_mask)):
+        patch = ALL_MASK_ATTENTION_FUNCTIONS["aki_mma_sdpa"](
+            batch_size=size,
+            q_length=length,
+            kv_length=length,
+            mask_function=causal_mask_function,
+            attention_mask=attention_mask.bool(),  # as transformers hands it over
+            dtype=torch.float64,
+            config=None,
+            device="cpu",
+        )
+    assert isinstance(patch, MediaRowPatch) and patch.extension_keys is not None and patch.base is not None
+    module = types.SimpleNamespace(is_causal=True, num_key_value_groups=2, training=False)
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(size, 4, length, 8, dtype=torch.float64, generator=generator, requires_grad=True)
+    key, value = (
+        torch.randn(size, 2, length, 8, dtype=torch.float64, generator=generator, requires_grad=True)
+        for _ in range(2)
+    )
+
+    def merged(query, key, value):
+        return ALL_ATTENTION_FUNCTIONS["aki_mma_sdpa"](module, query, key, value, patch)[0]  # (B, L, H, D)
+
+    def dense(query, key, value):
+        allowed = rule_mask(roles, attention_mask)  # (B, 1, L, L)
+        output = torch.nn.functional.scaled_dot_product_attention(
+            query, repeat_kv(key, 2), repeat_kv(value, 2), attn_mask=allowed
+        )
+        return output.transpose(1, 2)
+
+    assert torch.autograd.gradcheck(merged, (query, key, value), fast_mode=True)
+    valid = attention_mask.bool()
+    mine, theirs = merged(query, key, value)[valid], dense(query, key, value)[valid]
+    torch.testing.assert_close(mine, theirs, atol=1e-12, rtol=0)
+    weights = torch.randn(mine.shape, dtype=torch.float64, generator=generator)
+    for ours, reference in zip(
+        torch.autograd.grad((mine * weights).sum(), (query, key, value)),
+        torch.autograd.grad((theirs * weights).sum(), (query, key, value)),
+        strict=True,
+    ):
+        torch.testing.assert_close(ours, reference, atol=1e-12, rtol=0)
