@@ -139,17 +139,17 @@ def test_positions_past_the_roles_are_response():
 
 
 @st.composite
-def batches(draw):
+def batches(draw, max_length: int = 24, max_run: int = 4):
     """Random batches: several media runs, several turns, left or right padding per row."""
     batch = draw(st.integers(1, 3))
-    length = draw(st.integers(1, 24))
+    length = draw(st.integers(1, max_length))
     rows, masks = [], []
     for _ in range(batch):
         used = draw(st.integers(1, length))
         segments = []
         while len(segments) < used:
             role = draw(st.sampled_from([T, M, R]))
-            segments += [int(role)] * draw(st.integers(1, 4))
+            segments += [int(role)] * draw(st.integers(1, max_run))
         segments = segments[:used]
         pad = length - used
         if draw(st.booleans()):  # left padding
@@ -178,6 +178,25 @@ def test_mask_function_equals_the_dense_mask(batch):
     q = torch.arange(length)[None, None, :, None]
     k = torch.arange(length)[None, None, None, :]
     assert torch.equal(function(b, torch.zeros_like(b), q, k), mma_mask(roles, attention_mask))
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches(max_length=40, max_run=12), st.data())
+def test_dense_mask_equals_the_mask_function_with_long_runs_and_packed_sequences(batch, data):
+    """``dense()`` ORs each run of media rows into one block; it equals the element-wise mask function, also when
+    packed-sequence starts cut a run's reach short."""
+    roles, attention_mask = batch
+    size, length = roles.shape
+    starts = torch.tensor(
+        data.draw(
+            st.lists(st.lists(st.booleans(), min_size=length, max_size=length), min_size=size, max_size=size)
+        )
+    )
+    layout = mma_layout(roles, attention_mask, sequence_starts=starts)
+    b = torch.arange(size)[:, None, None, None]
+    q = torch.arange(length)[None, None, :, None]
+    k = torch.arange(length)[None, None, None, :]
+    assert torch.equal(layout.dense(), layout.mask_function()(b, torch.zeros_like(b), q, k))
 
 
 @settings(max_examples=60, deadline=None)

@@ -169,15 +169,23 @@ class MmaLayout:
         if not bool(self.valid.all()):
             # Padded query rows keep the plain causal pattern, so every row has a key and stays finite.
             mask &= self.valid[:, None, None, :] | ~self.valid[:, None, :, None]
-        # MMA changes only the media rows, and only before the furthest next response: O(media x span).
-        rows_b, rows_q = (self.media_end > 0).nonzero(as_tuple=True)
-        if rows_b.numel():
-            ends = self.media_end[rows_b, rows_q]  # (N,)
-            span = int(ends.max())
-            keys = torch.arange(span, device=device)
-            ahead = (keys > rows_q[:, None]) & (keys < ends[:, None]) & self.key_is_text[rows_b, :span]
-            mask[rows_b, 0, rows_q, :span] |= ahead  # (N, span)
+        # MMA changes only the media rows: OR each run's TEXT keys up to its stop into its block, in place
+        # (docs/design.md). Keys at or before a row are allowed already, so a run shares one key range.
+        for b, first, last, stop in self._media_runs():
+            mask[b, 0, first : last + 1, first + 1 : stop] |= self.key_is_text[b, first + 1 : stop]
         return mask
+
+    def _media_runs(self) -> list[tuple[int, int, int, int]]:
+        """``(batch row, first, last, media_end)`` of every run of consecutive media rows with one ``media_end``."""
+        end = self.media_end
+        previous = torch.nn.functional.pad(end, (1, 0))[:, :-1]
+        following = torch.nn.functional.pad(end, (0, 1))[:, 1:]
+        starts_b, starts_q = ((end > 0) & (end != previous)).nonzero(as_tuple=True)
+        _, lasts_q = ((end > 0) & (end != following)).nonzero(
+            as_tuple=True
+        )  # row-major: pairs with the starts
+        stops = end[starts_b, starts_q]
+        return list(zip(starts_b.tolist(), starts_q.tolist(), lasts_q.tolist(), stops.tolist(), strict=True))
 
     def block_mask(
         self, *, block_size: int = 128, mask_mod: MaskFunction | None = None, full_blocks: bool = True
