@@ -14,7 +14,9 @@ The implementations (``docs/design.md``):
 * ``aki_mma_<kernel>`` for any causal kernel (``sdpa``, ``flash_attention_2`` / ``_3``, a hub kernel, ...): the
   kernel computes every row with its own causal / padding / window handling, then only the media rows are
   recomputed with SDPA over the prompt span with a small mask. MMA changes only those rows, so this is exact on
-  top of any kernel that computes causal attention. With ``sdpa`` and at most 512 keys, one dense mask instead.
+  top of any kernel that computes causal attention. With ``sdpa`` and at most 512 keys, one dense mask instead;
+  with ``sdpa`` on a CPU, the media rows' attention over only the keys MMA adds is merged into the causal pass
+  by log-sum-exp (forward and backward) instead of recomputing them.
 * ``aki_mma_eager``: the model's own eager attention with the additive MMA mask.
 * ``aki_mma_flex`` / ``aki_mma_flex_compiled``: FlexAttention with a ``BlockMask`` built from block summaries of
   the layout (no ``L x L`` tensor). FlexAttention has no backward on CPU.
