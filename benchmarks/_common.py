@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, LlamaConfig
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import (
     ALL_MASK_ATTENTION_FUNCTIONS,
@@ -46,6 +46,9 @@ QUICK_MULTI_IMAGE = (
 # question; at L=4096, 2304 of the rows (56 %) are media.
 MANY_IMAGES = "T" * 32 + ("M" * 576 + "T" * 16) * 3 + "M" * 576 + "T" * 96
 QUICK_MANY_IMAGES = "T" * 8 + ("M" * 36 + "T" * 4) * 3 + "M" * 36 + "T" * 24
+
+# The tiny Llama of the training-step scripts: 4 layers, hidden 256, 8 heads x 32 (no GQA), MLP 1024.
+TINY_LLAMA_VOCAB = 1024
 
 # The attention implementation name of the FlashAttention stand-in (register_causal_stand_in).
 CAUSAL_STAND_IN = "causal_stand_in"
@@ -82,6 +85,20 @@ def parse_args(description: str, *, default_repeats: int) -> argparse.Namespace:
         f"load average at start {os.getloadavg()[0]:.2f} (other processes on the machine skew timings)"
     )
     return args
+
+
+def tiny_llama_config(length: int, **extra) -> LlamaConfig:
+    """The tiny Llama's config for sequences of ``length`` (``extra``: more config attributes)."""
+    return LlamaConfig(
+        vocab_size=TINY_LLAMA_VOCAB,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=length,
+        **extra,
+    )
 
 
 def layout_roles(prompt: str, *, batch: int, length: int) -> torch.Tensor:

@@ -24,38 +24,28 @@ import copy
 from collections.abc import Callable
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from _common import (
     QUICK_SINGLE_IMAGE,
     SINGLE_IMAGE,
+    TINY_LLAMA_VOCAB,
     layout_roles,
     parse_args,
     print_times,
     report_check,
     report_ratio,
     time_interleaved,
+    tiny_llama_config,
 )
 from aki.integration import enable_mma
 from aki.mma import Role, mma_additive_mask, mma_mask
 
-VOCAB = 1024
+VOCAB = TINY_LLAMA_VOCAB
 CAUSAL = "causal sdpa (is_causal)"
 MMA = "MMA: enable_mma on sdpa -> aki_mma_sdpa"
 EAGER_DENSE = "MMA: eager + dense additive mask (prebuilt)"
 SDPA_DENSE = "MMA: sdpa + dense bool mask (prebuilt)"
-
-
-def tiny_llama_config(length: int) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=length,
-    )
 
 
 def model_copy(base: LlamaForCausalLM, attn_implementation: str) -> LlamaForCausalLM:
