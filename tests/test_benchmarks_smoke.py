@@ -30,6 +30,18 @@ EXPECTED_RATIOS = {
     "bench_mask_build.py": [
         "mask build L=256: mma_mask / causal tril",
         "mask build L=256: naive per-sample loops / mma_mask (speed-up)",
+        "mask build many images B=2 L=256: mma_mask / causal tril",
+    ],
+    "bench_many_media.py": [
+        "attention fwd L=256 many images: aki_mma_sdpa / causal SDPA",
+        "attention fwd+bwd L=256 many images: aki_mma_sdpa / causal SDPA",
+        "attention fwd L=256 many images: split on the stand-in / stand-in alone",
+        "attention fwd+bwd L=256 many images: split on the stand-in / stand-in alone",
+    ],
+    "bench_training_stack.py": [
+        "Trainer step L=128: MMA / causal",
+        "SFTTrainer step L=128: MMA / causal",
+        "Trainer step L=128: split on the stand-in kernel / the stand-in alone",
     ],
     "bench_generate.py": [
         "generate one batch: MMA / causal",
