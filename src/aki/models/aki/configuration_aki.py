@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # transformers < 5.20 resolves sub-configs through `sub_configs` only
+    SubConfigSpec = None
+
+# The sub-config model types used when a config gives none (or no sub-config at all).
+_SUB_CONFIG_TYPES = {"vision_config": "siglip_vision_model", "text_config": "llama"}
 
 
 @strict
@@ -29,10 +37,13 @@ class AkiConfig(PreTrainedConfig):
 
     model_type = "aki"
     attribute_map = {"image_token_id": "media_token_id"}
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            key: SubConfigSpec(config_class=AutoConfig, model_type=model_type)
+            for key, model_type in _SUB_CONFIG_TYPES.items()
+        }
+    else:
+        sub_configs = dict.fromkeys(_SUB_CONFIG_TYPES, AutoConfig)
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -48,6 +59,12 @@ class AkiConfig(PreTrainedConfig):
     use_mma: bool = True
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:
+            for key, model_type in _SUB_CONFIG_TYPES.items():
+                value = getattr(self, key)
+                if value is None or isinstance(value, dict):
+                    value = dict(value or {})
+                    setattr(self, key, CONFIG_MAPPING[value.setdefault("model_type", model_type)](**value))
         super().__post_init__(**kwargs)
         self._check_sizes()
         self._check_media_token()

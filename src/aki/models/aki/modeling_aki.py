@@ -16,9 +16,32 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPooling, MultimodalCausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
+
+try:
+    from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
+
+    _CACHE_NAME = "cache"
+except ImportError:  # transformers < 5.20: the cache travels as `past_key_values`
+    from dataclasses import dataclass
+
+    from transformers.utils import ModelOutput
+
+    _CACHE_NAME = "past_key_values"
+
+    @dataclass
+    class MultimodalCausalLMOutputWithPast(ModelOutput):
+        """The output of :meth:`AkiForConditionalGeneration.forward` on transformers < 5.20."""
+
+        loss: torch.FloatTensor | None = None
+        logits: torch.FloatTensor | None = None
+        past_key_values: Cache | None = None
+        hidden_states: tuple[torch.FloatTensor, ...] | None = None
+        attentions: tuple[torch.FloatTensor, ...] | None = None
+        image_outputs: BaseModelOutputWithPooling | None = None
+
 
 from ...integration import disable_mma, enable_mma, is_mma_enabled
 from ...mma import roles_from_token_ids
@@ -228,16 +251,16 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             labels=labels,
             logits_to_keep=logits_to_keep,
             return_dict=True,
+            **{_CACHE_NAME: cache},
             **kwargs,
         )
         return MultimodalCausalLMOutputWithPast(
             loss=outputs.loss,
             logits=outputs.logits,
-            cache=outputs.cache,
+            **{_CACHE_NAME: getattr(outputs, _CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
@@ -274,7 +297,9 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
             response_start_ids=() if config.assistant_token_id is None else config.assistant_token_id,
             turn_start_ids=config.turn_token_ids or (),
             labels=labels,
-            attention_mask=attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None,
+            attention_mask=attention_mask
+            if attention_mask is not None and attention_mask.dim() == 2
+            else None,
         )
 
     # ----------------------------------------------------------------------------------------------
