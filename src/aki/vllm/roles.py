@@ -1,0 +1,152 @@
+"""Which rows MMA changes in one vLLM forward step, from the step's token ids alone (pure torch, no vLLM).
+
+vLLM hands a model one flat sequence of tokens per step: the scheduled tokens of every request, one after
+another (``query_start_loc``), each request ``seq_lens`` long so far. A request whose step starts at its
+position 0 (``query_len == seq_len``) is a whole prefill: every key a media row of it may see is in the step.
+Its roles are derived with :func:`aki.mma.roles_from_token_ids`, the rule the AKI processor uses, from its
+token ids: media tokens, and the chat template's headers (the next response start ends what a media token
+sees). The prompt length is never used: a preempted request is recomputed as one prefill of prompt plus
+generated tokens, and the generated tokens follow the response start, so they stay RESPONSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..mma import mma_layout, roles_from_token_ids
+
+__all__ = ["MmaError", "MmaHeaders", "RequestRows", "media_rows_of_step"]
+
+# Stand-ins for the last token of a multi-token header: no real token id is negative.
+_RESPONSE_MARK = -2
+_TURN_MARK = -3
+
+
+class MmaError(RuntimeError):
+    """A configuration or a batch on which vLLM would not compute Modality-Mutual Attention exactly."""
+
+
+@dataclass(frozen=True)
+class MmaHeaders:
+    """The token ids the roles rule reads: media placeholders and the chat template's headers.
+
+    ``response_starts`` are the assistant headers (AKI's ``<|assistant|>``) and ``turn_starts`` the other turn
+    headers (``<|user|>``, ``<|system|>``); each header is a sequence of token ids (a single id for a special
+    token, several for a header such as LLaVA-1.5's ``ASSISTANT:``). The tokens after a response start, up to
+    the next turn start, are RESPONSE; the headers themselves are TEXT.
+    """
+
+    media_ids: tuple[int, ...]
+    response_starts: tuple[tuple[int, ...], ...]
+    turn_starts: tuple[tuple[int, ...], ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        media_ids: int | Sequence[int],
+        response_starts: Sequence[int | Sequence[int]],
+        turn_starts: Sequence[int | Sequence[int]] = (),
+    ) -> MmaHeaders:
+        """Headers from ids or id sequences: ``MmaHeaders.of(9, [8], [7])``."""
+        media = (media_ids,) if isinstance(media_ids, int) else tuple(media_ids)
+
+        def sequences(headers):
+            found = tuple((int(h),) if isinstance(h, int) else tuple(int(t) for t in h) for h in headers)
+            if any(not header for header in found):
+                raise ValueError(f"an empty header in {list(headers)}: give at least one token id per header")
+            return found
+
+        if not media:
+            raise ValueError("no media token ids given")
+        return cls(tuple(int(m) for m in media), sequences(response_starts), sequences(turn_starts))
+
+    def roles(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Roles ``[B, L]`` of token ids ``[B, L]`` by :func:`aki.mma.roles_from_token_ids`."""
+        single = all(len(h) == 1 for h in (*self.response_starts, *self.turn_starts))
+        if single:
+            return roles_from_token_ids(
+                input_ids,
+                self.media_ids,
+                response_start_ids=[h[0] for h in self.response_starts],
+                turn_start_ids=[h[0] for h in self.turn_starts],
+            )
+        # A header of several tokens counts where its last token stands: mark those ends, then the one rule.
+        marked = input_ids.clone()
+        for headers, mark in ((self.response_starts, _RESPONSE_MARK), (self.turn_starts, _TURN_MARK)):
+            for header in headers:
+                marked[_header_ends(input_ids, header)] = mark
+        return roles_from_token_ids(
+            marked, self.media_ids, response_start_ids=_RESPONSE_MARK, turn_start_ids=_TURN_MARK
+        )
+
+
+@dataclass(frozen=True)
+class RequestRows:
+    """The rows MMA changes in one request of a step, and the keys each may see.
+
+    ``rows`` index the step's flat tokens; ``keys_start`` is the request's first token in the step, and its
+    keys ``[keys_start, keys_start + mask.shape[1])`` are the prompt span the rows read (``mask`` ``(N, span)``,
+    True where row ``i`` may attend to key ``j``: causal, plus the text after it up to the next response).
+    """
+
+    rows: torch.Tensor  # (N,) long
+    keys_start: int
+    mask: torch.Tensor  # (N, span) bool
+
+    @property
+    def span(self) -> int:
+        return self.mask.shape[1]
+
+
+def media_rows_of_step(
+    input_ids: torch.Tensor,
+    query_start_loc: Sequence[int],
+    seq_lens: Sequence[int],
+    headers: MmaHeaders,
+) -> list[RequestRows]:
+    """The media rows of every whole prefill in a step (``input_ids`` ``(T,)``, flat over requests).
+
+    Decode steps (one token of a request with earlier tokens) stay causal. A step that continues a prefill
+    (more than one token, not starting at position 0: chunked prefill, a prefix-cache hit, speculative
+    decoding) raises :class:`MmaError`: its media rows would need keys it does not hold.
+    """
+    found = []
+    media_ids = torch.tensor(headers.media_ids, device=input_ids.device)
+    for request, (start, stop) in enumerate(zip(query_start_loc[:-1], query_start_loc[1:], strict=True)):
+        query_len, seq_len = stop - start, seq_lens[request]
+        if query_len == 0 or (query_len == 1 and seq_len > 1):
+            continue  # nothing scheduled, or a decode step: causal
+        ids = input_ids[start:stop]
+        if query_len != seq_len:
+            raise MmaError(
+                f"MMA: request {request} of this step runs {query_len} tokens from position {seq_len - query_len} "
+                "(chunked prefill, prefix caching or speculative decoding); Modality-Mutual Attention needs each "
+                "prompt prefilled whole in one step, or media tokens would miss the text after them"
+            )
+        if not bool(torch.isin(ids, media_ids).any()):
+            continue
+        layout = mma_layout(headers.roles(ids[None]))
+        positions = torch.arange(query_len, device=ids.device)
+        end = layout.media_end[0]
+        rows = (end > positions + 1).nonzero().flatten()  # media rows with keys ahead of them
+        if not rows.numel():
+            continue
+        keys = torch.arange(int(end[rows].max()), device=ids.device)
+        ahead = layout.extension_function()(0, 0, rows[:, None], keys[None, :])  # (N, span)
+        found.append(RequestRows(rows=rows + start, keys_start=start, mask=ahead | (keys <= rows[:, None])))
+    return found
+
+
+def _header_ends(input_ids: torch.Tensor, header: tuple[int, ...]) -> torch.Tensor:
+    """Bool ``[B, L]``: True at the last token of each occurrence of ``header`` in ``input_ids``."""
+    length = len(header)
+    ends = torch.zeros_like(input_ids, dtype=torch.bool)
+    if input_ids.shape[1] < length:
+        return ends
+    windows = input_ids.unfold(1, length, 1)  # (B, L - n + 1, n)
+    matches = (windows == torch.tensor(header, device=input_ids.device)).all(-1)
+    ends[:, length - 1 :] = matches
+    return ends
