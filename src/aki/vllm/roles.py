@@ -11,6 +11,7 @@ generated tokens, and the generated tokens follow the response start, so they st
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -115,7 +116,7 @@ def media_rows_of_step(
     """
     found = []
     media_ids = torch.tensor(headers.media_ids, device=input_ids.device)
-    for request, (start, stop) in enumerate(zip(query_start_loc[:-1], query_start_loc[1:], strict=True)):
+    for request, (start, stop) in enumerate(itertools.pairwise(query_start_loc)):
         query_len, seq_len = stop - start, seq_lens[request]
         if query_len == 0 or (query_len == 1 and seq_len > 1):
             continue  # nothing scheduled, or a decode step: causal
