@@ -38,6 +38,11 @@ class MmaHeaders:
     headers (``<|user|>``, ``<|system|>``); each header is a sequence of token ids (a single id for a special
     token, several for a header such as LLaVA-1.5's ``ASSISTANT:``). The tokens after a response start, up to
     the next turn start, are RESPONSE; the headers themselves are TEXT.
+
+    Example:
+        >>> headers = MmaHeaders.of(9, response_starts=[[8, 3]], turn_starts=[[7, 3]])  # "A :" and "U :"
+        >>> headers.roles(torch.tensor([[7, 3, 9, 9, 5, 8, 3, 4, 4, 7, 3, 5]])).tolist()
+        [[0, 0, 1, 1, 0, 0, 0, 2, 2, 0, 0, 0]]
     """
 
     media_ids: tuple[int, ...]
@@ -74,11 +79,13 @@ class MmaHeaders:
                 response_start_ids=[h[0] for h in self.response_starts],
                 turn_start_ids=[h[0] for h in self.turn_starts],
             )
-        # A header of several tokens counts where its last token stands: mark those ends, then the one rule.
+        # Headers of several tokens: the answer starts after a response header's last token and ends at a turn
+        # header's first one. Mark those tokens with stand-in ids, then apply the one rule.
         marked = input_ids.clone()
-        for headers, mark in ((self.response_starts, _RESPONSE_MARK), (self.turn_starts, _TURN_MARK)):
-            for header in headers:
-                marked[_header_ends(input_ids, header)] = mark
+        for header in self.response_starts:
+            marked[_header_tokens(input_ids, header, last=True)] = _RESPONSE_MARK
+        for header in self.turn_starts:
+            marked[_header_tokens(input_ids, header, last=False)] = _TURN_MARK
         return roles_from_token_ids(
             marked, self.media_ids, response_start_ids=_RESPONSE_MARK, turn_start_ids=_TURN_MARK
         )
@@ -141,13 +148,16 @@ def media_rows_of_step(
     return found
 
 
-def _header_ends(input_ids: torch.Tensor, header: tuple[int, ...]) -> torch.Tensor:
-    """Bool ``[B, L]``: True at the last token of each occurrence of ``header`` in ``input_ids``."""
+def _header_tokens(input_ids: torch.Tensor, header: tuple[int, ...], *, last: bool) -> torch.Tensor:
+    """Bool ``[B, L]``: True at the last (or first) token of each occurrence of ``header`` in ``input_ids``."""
     length = len(header)
-    ends = torch.zeros_like(input_ids, dtype=torch.bool)
+    found = torch.zeros_like(input_ids, dtype=torch.bool)
     if input_ids.shape[1] < length:
-        return ends
+        return found
     windows = input_ids.unfold(1, length, 1)  # (B, L - n + 1, n)
     matches = (windows == torch.tensor(header, device=input_ids.device)).all(-1)
-    ends[:, length - 1 :] = matches
-    return ends
+    if last:
+        found[:, length - 1 :] = matches
+    else:
+        found[:, : matches.shape[1]] = matches
+    return found
