@@ -181,6 +181,16 @@ class AkiForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         media = self.vision_tower(pixel_values.to(self.vision_tower.dtype))  # (N, P, Dv)
         return list(self.resampler(media))  # N x (num_latents, D_text)
 
+    def embed_input_ids(
+        self,
+        input_ids: torch.Tensor,
+        multimodal_embeddings: MultiModalEmbeddings | None = None,
+        *,
+        is_multimodal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self.mma.note_embedding(input_ids, is_multimodal)
+        return super().embed_input_ids(input_ids, multimodal_embeddings, is_multimodal=is_multimodal)
+
     def forward(
         self,
         input_ids: torch.Tensor | None,

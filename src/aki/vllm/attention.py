@@ -67,10 +67,15 @@ def enable_mma_attention(language_model: nn.Module) -> list[str]:
 
 
 @contextmanager
-def mma_step(input_ids: torch.Tensor | None, headers: MmaHeaders, layer_name: str) -> Iterator[None]:
-    """Find the media rows of this forward step (from ``input_ids`` and ``layer_name``'s attention metadata)
-    and make them the rows the MMA op recomputes inside the block."""
-    token = _ROWS.set(_rows_of_current_step(input_ids, headers, layer_name))
+def mma_step(
+    input_ids: torch.Tensor | None,
+    headers: MmaHeaders,
+    layer_name: str,
+    is_media: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """Find the media rows of this forward step (from ``input_ids``, the positions holding media embeddings
+    and ``layer_name``'s attention metadata) and make them the rows the MMA op recomputes inside the block."""
+    token = _ROWS.set(_rows_of_current_step(input_ids, headers, layer_name, is_media))
     try:
         yield
     finally:
@@ -78,7 +83,7 @@ def mma_step(input_ids: torch.Tensor | None, headers: MmaHeaders, layer_name: st
 
 
 def _rows_of_current_step(
-    input_ids: torch.Tensor | None, headers: MmaHeaders, layer_name: str
+    input_ids: torch.Tensor | None, headers: MmaHeaders, layer_name: str, is_media: torch.Tensor | None
 ) -> list[RequestRows] | None:
     if input_ids is None or not is_forward_context_available():
         return None
@@ -93,8 +98,10 @@ def _rows_of_current_step(
         query_start_loc = layer_metadata.query_start_loc
     query_start_loc = query_start_loc.tolist()
     seq_lens = layer_metadata.seq_lens.tolist()[: len(query_start_loc) - 1]
-    tokens = input_ids[: query_start_loc[-1]].to("cpu")
-    return media_rows_of_step(tokens, query_start_loc, seq_lens, headers) or None
+    count = query_start_loc[-1]
+    tokens = input_ids[:count].to("cpu")
+    is_media = is_media[:count].to("cpu") if is_media is not None else None
+    return media_rows_of_step(tokens, query_start_loc, seq_lens, headers, is_media) or None
 
 
 @functools.cache

@@ -54,6 +54,10 @@ def mma_model_class(base: type) -> type:
         base.__init__(self, vllm_config=vllm_config, prefix=prefix)
         self.mma = MmaRuntime(self.language_model, llava_headers(self.config))
 
+    def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
+        self.mma.note_embedding(input_ids, is_multimodal)
+        return base.embed_input_ids(self, input_ids, multimodal_embeddings, is_multimodal=is_multimodal)
+
     def forward(
         self,
         input_ids: torch.Tensor | None,
@@ -72,6 +76,7 @@ def mma_model_class(base: type) -> type:
         (base,),
         {
             "__init__": __init__,
+            "embed_input_ids": embed_input_ids,
             "forward": forward,
             "requires_raw_input_tokens": True,  # forward() reads the step's token ids to find the media rows
             "hf_to_vllm_mapper": base.hf_to_vllm_mapper | _TRANSFORMERS_5_TOWER,

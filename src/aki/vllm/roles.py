@@ -24,6 +24,7 @@ __all__ = ["MmaError", "MmaHeaders", "RequestRows", "media_rows_of_step"]
 # Stand-ins for the last token of a multi-token header: no real token id is negative.
 _RESPONSE_MARK = -2
 _TURN_MARK = -3
+_NOT_MEDIA = -4
 
 
 class MmaError(RuntimeError):
@@ -114,15 +115,21 @@ def media_rows_of_step(
     query_start_loc: Sequence[int],
     seq_lens: Sequence[int],
     headers: MmaHeaders,
+    is_media: torch.Tensor | None = None,
 ) -> list[RequestRows]:
     """The media rows of every whole prefill in a step (``input_ids`` ``(T,)``, flat over requests).
 
+    ``is_media`` ``(T,)`` (vLLM's ``is_multimodal``) marks the positions that hold media embeddings: a media
+    token id elsewhere (a generated one, recomputed after preemption) is then text, not media.
     Decode steps (one token of a request with earlier tokens) stay causal. A step that continues a prefill
     (more than one token, not starting at position 0: chunked prefill, a prefix-cache hit, speculative
     decoding) raises :class:`MmaError`: its media rows would need keys it does not hold.
     """
     found = []
     media_ids = torch.tensor(headers.media_ids, device=input_ids.device)
+    if is_media is not None:
+        stray = torch.isin(input_ids, media_ids) & ~is_media.to(device=input_ids.device, dtype=torch.bool)
+        input_ids = input_ids.masked_fill(stray, _NOT_MEDIA)
     for request, (start, stop) in enumerate(itertools.pairwise(query_start_loc)):
         query_len, seq_len = stop - start, seq_lens[request]
         if query_len == 0 or (query_len == 1 and seq_len > 1):
@@ -139,11 +146,17 @@ def media_rows_of_step(
         layout = mma_layout(headers.roles(ids[None]))
         positions = torch.arange(query_len, device=ids.device)
         end = layout.media_end[0]
-        rows = (end > positions + 1).nonzero().flatten()  # media rows with keys ahead of them
+        rows = (end > positions + 1).nonzero().flatten()  # media rows with later positions before a response
         if not rows.numel():
             continue
         keys = torch.arange(int(end[rows].max()), device=ids.device)
         ahead = layout.extension_function()(0, 0, rows[:, None], keys[None, :])  # (N, span)
+        sees_text = ahead.any(-1)  # only these rows change: the others see later media tokens at most
+        if not bool(sees_text.any()):
+            continue
+        rows, ahead = rows[sees_text], ahead[sees_text]
+        keys = keys[: int(end[rows].max())]
+        ahead = ahead[:, : keys.numel()]
         found.append(RequestRows(rows=rows + start, keys_start=start, mask=ahead | (keys <= rows[:, None])))
     return found
 

@@ -20,16 +20,35 @@ class MmaRuntime:
     def __init__(self, language_model: nn.Module, headers: MmaHeaders | None) -> None:
         self.headers = headers
         self.layer_names = enable_mma_attention(language_model) if headers is not None else []
+        self._embedded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.layer_names)
 
+    def note_embedding(self, input_ids: torch.Tensor, is_multimodal: torch.Tensor | None) -> None:
+        """Remember which positions of the step vLLM fills with media embeddings (``embed_input_ids``)."""
+        if self.enabled and is_multimodal is not None:
+            self._embedded = (input_ids, is_multimodal)
+
     def step(self, input_ids: torch.Tensor | None) -> AbstractContextManager:
         """The context of one forward: the step's media rows, found from ``input_ids`` (flat, all requests)."""
         if not self.enabled:
             return nullcontext()
-        return mma_step(input_ids, self.headers, self.layer_names[0])
+        return mma_step(input_ids, self.headers, self.layer_names[0], self._media_positions(input_ids))
+
+    def _media_positions(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """The media positions noted for this step's tokens (vLLM embeds them just before the forward)."""
+        embedded, self._embedded = self._embedded, None
+        if embedded is None or input_ids is None:
+            return None
+        ids, is_multimodal = embedded
+        count = ids.shape[0]
+        if count > input_ids.shape[0] or not torch.equal(ids, input_ids[:count]):
+            return None
+        is_media = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=is_multimodal.device)
+        is_media[:count] = is_multimodal
+        return is_media
 
 
 def required_headers(config: Any, *, media: str, response: str, turn: str, model: str) -> MmaHeaders:
