@@ -133,3 +133,10 @@ def test_answers_stop_at_the_end_of_sequence_and_never_hold_the_image_placeholde
         tokens = list(output.outputs[0].token_ids)
         assert until_eos(tokens, eos) == tokens
         assert aki_model.config.media_token_id not in tokens
+
+
+def test_an_mma_engine_defaults_to_whole_prompts_and_no_prefix_caching(engines, aki_dir):
+    config = engines.get(aki_dir, limit_mm_per_prompt={"image": 2}).llm_engine.vllm_config
+    assert config.scheduler_config.enable_chunked_prefill is False
+    assert config.cache_config.enable_prefix_caching is False
+    assert config.scheduler_config.max_num_batched_tokens >= config.model_config.max_model_len
