@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from _common import parse_args, print_times, report_check, time_interleaved
-from aki.eval.inference import AkiRunner
 from aki.eval.run import run_benchmark
+from aki.generation import Runner
 from aki.models import AkiForConditionalGeneration, AkiProcessor, aki_tiny, tiny_tokenizer
 
 QUESTIONS = [
@@ -74,11 +74,11 @@ def main() -> None:
         root = Path(temporary)
         (root / "model").mkdir()
         (root / "data").mkdir()
-        one = AkiRunner.from_pretrained(save_model(root / "model"), device="cpu", batch_size=1)
-        eight = AkiRunner(model=one.model, processor=one.processor, batch_size=8)
+        one = Runner.from_pretrained(save_model(root / "model"), device="cpu", batch_size=1)
+        eight = Runner(one.model, one.processor, batch_size=8)
         data = write_pope(root / "data", examples)
 
-        def evaluate(runner: AkiRunner) -> list[dict]:
+        def evaluate(runner: Runner) -> list[dict]:
             return run_benchmark(runner, "pope", data, max_new_tokens=new_tokens, progress=False)[1]
 
         same = [p["prediction"] for p in evaluate(one)] == [p["prediction"] for p in evaluate(eight)]

@@ -17,7 +17,6 @@ from aki.eval.scorers import (
     extract_yes_no,
     predictions_from_records,
     read_predictions,
-    read_records,
     score,
     score_cvbench,
     score_mmbench,
@@ -25,6 +24,7 @@ from aki.eval.scorers import (
     score_pope,
     write_results,
 )
+from aki.io import read_records
 
 # ----------------------------------------------------------------------------- extraction
 
@@ -452,6 +452,7 @@ def test_read_records_formats(tmp_path) -> None:
 
 def test_parquet_without_pandas_names_the_missing_dependency(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
+    (tmp_path / "answers.parquet").write_bytes(b"PAR1")
     with pytest.raises(ValueError, match="reading parquet needs pandas"):
         read_records(tmp_path / "answers.parquet")
 

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from aki.data.synthetic import Family, chance_level
 from aki.integration import is_mma_enabled
+from aki.models.aki import chat_template
 from aki.quickstart.cli import app
 from aki.quickstart.presets import get_preset
 from aki.quickstart.report import RESULTS_SCHEMA, RUN_KEYS
@@ -31,7 +32,8 @@ from aki.quickstart.study import (
     train_config,
     training_plan,
 )
-from aki.quickstart.tokenizer import CHAT_TEMPLATE
+
+CHAT_TEMPLATE = chat_template("")  # the quickstart's: an empty system turn
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,22 +10,22 @@ import pytest
 import torch
 from serve_helpers import TEXTS
 
+from aki.generation import load_model
 from aki.models import AkiForConditionalGeneration, AkiProcessor, aki_tiny, tiny_tokenizer
 from aki.models.aki.builders import TINY_LLAMA
 from aki.serve import Engine, Limits
-from aki.serve.engine import load_model
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """aki_tiny config + tiny tokenizer + processor, saved with save_pretrained (what `aki train` writes).
 
-    The language model is initialised with a larger scale (0.3) and seed 24: then its random greedy answers do
+    The language model is initialised with a larger scale (0.3) and seed 55: then its random greedy answers do
     not end early and MMA changes them, so tests can tell MMA from causal by the answer text alone.
     """
     tokenizer = tiny_tokenizer(TEXTS)
     config = aki_tiny(tokenizer, text_config={**TINY_LLAMA, "initializer_range": 0.3})
-    torch.manual_seed(24)
+    torch.manual_seed(55)
     model = AkiForConditionalGeneration(config).eval()
     path = tmp_path_factory.mktemp("aki-tiny")
     model.save_pretrained(path)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from aki.data import synthetic
-from aki.models import AkiProcessor, aki_tiny
-from aki.train.model import synthetic_tokenizer
+from aki.models import AkiProcessor, aki_tiny, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +20,7 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def processor() -> AkiProcessor:
-    tokenizer = synthetic_tokenizer()
+    tokenizer = tiny_tokenizer(synthetic.vocabulary())  # whitespace tokens: prompts read token by token
     return AkiProcessor.for_model(aki_tiny(tokenizer), tokenizer)
 
 

@@ -86,9 +86,7 @@ def test_mma_and_causal_fine_tuning_differ_only_through_the_mask(tmp_path):
     names = {source[i].id: i for i in range(len(source))}
     encoder = ChatEncoder(processor, max_length=256)
     encoded = [encoder.encode(source[names[sample_id]]) for sample_id in mma.sample_ids[0]]
-    batch = collate(
-        encoded, pad_token_id=processor.tokenizer.pad_token_id, image_processor=processor.image_processor
-    )
+    batch = collate(encoded, processor=processor)
     dense = mma_mask(batch["mma_roles"], batch["attention_mask"])  # (B, 1, L, L)
     positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
@@ -183,7 +181,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, synthetic_files):
     reasons = dict(result.skipped)
     assert sorted(reasons) == ["broken:train_0_000001", "broken:train_0_000002", "broken:train_0_000003"]
     assert "missing.png' does not exist" in reasons["broken:train_0_000001"]
-    assert "corrupt.png' could not be decoded" in reasons["broken:train_0_000002"]
+    assert "corrupt.png' could not be read as an image" in reasons["broken:train_0_000002"]
     assert "2 <image> placeholders but the sample has 1 images" in reasons["broken:train_0_000003"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_samples"] == 3
     assert result.sample_ids[0] == ["broken:train_0_000000"]  # positions 1..3 of step 1 were dropped
@@ -191,11 +189,11 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, synthetic_files):
 
 
 def test_samples_longer_than_max_length_are_skipped(tmp_path):
-    # The 8 synthetic chats are 80 to 113 tokens long; 4 of them are longer than 85. Two steps of 4 = one epoch.
+    # The 8 synthetic chats are 47 to 64 tokens long; 4 of them are longer than 48. Two steps of 4 = one epoch.
     sources = "data.sources=[{format: synthetic, size: 8, image_size: 32}]"
-    result = run_sft(tiny_config("sft", tmp_path, "steps=2", "data.max_length=85", sources))
+    result = run_sft(tiny_config("sft", tmp_path, "steps=2", "data.max_length=48", sources))
     assert len(result.skipped) == 4
-    assert all("exceed max_length=85" in reason for _, reason in result.skipped)
+    assert all("exceed max_length=48" in reason for _, reason in result.skipped)
     assert sum(len(ids) for ids in result.sample_ids) == 4
 
 

@@ -75,11 +75,10 @@ class _Encoder:
             raise BadSample(
                 raw.id, f"the text has {found} <image> placeholders but the sample has {len(images)} images"
             )
-        input_ids, labels = [], []
-        for token, is_labelled in zip(token_ids, labelled, strict=True):
-            copies = self.processor.num_image_tokens if token == self.image_token_id else 1
-            input_ids += [token] * copies
-            labels += [token if is_labelled and token != self.image_token_id else IGNORE_INDEX] * copies
+        input_ids, labels = self.processor.expand(
+            token_ids,
+            [t if is_labelled else IGNORE_INDEX for t, is_labelled in zip(token_ids, labelled, strict=True)],
+        )
         if len(input_ids) > self.max_length:
             raise BadSample(
                 raw.id, f"{len(input_ids)} tokens (images expanded) exceed max_length={self.max_length}"
@@ -168,22 +167,16 @@ class ChatEncoder(_Encoder):
         return {"role": role, "content": items}
 
 
-def collate(samples: list[Encoded], *, pad_token_id: int, image_processor: Any) -> dict[str, torch.Tensor]:
-    """Right-pad encoded samples into a batch: ``input_ids``, ``attention_mask``, ``labels``, ``mma_roles``
-    ``(B, L)`` and ``pixel_values`` ``(N, 3, H, W)`` (images in placeholder order; absent without images).
+def collate(samples: list[Encoded], *, processor: Any) -> dict[str, torch.Tensor]:
+    """Right-pad encoded samples into a batch (:meth:`AkiProcessor.pad`): ``input_ids``, ``attention_mask``,
+    ``mma_roles``, ``labels`` ``(B, L)`` and ``pixel_values`` ``(N, 3, H, W)`` (images in placeholder order;
+    absent without images).
     """
-    length = max(len(sample.input_ids) for sample in samples)
-    rows: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": [], "mma_roles": []}
-    for sample in samples:
-        gap = length - len(sample.input_ids)
-        rows["input_ids"].append(sample.input_ids + [pad_token_id] * gap)
-        rows["attention_mask"].append([1] * len(sample.input_ids) + [0] * gap)
-        rows["labels"].append(sample.labels + [IGNORE_INDEX] * gap)
-        rows["mma_roles"].append(sample.roles + [int(Role.TEXT)] * gap)
-    batch = {key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()}
+    features = [{"input_ids": s.input_ids, "mma_roles": s.roles, "labels": s.labels} for s in samples]
+    batch = processor.pad(features, padding_side="right")
     images = [image for sample in samples for image in sample.images]
     if images:
-        batch["pixel_values"] = image_processor(images, return_tensors="pt")["pixel_values"]
+        batch["pixel_values"] = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     return batch
 
 

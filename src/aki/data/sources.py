@@ -18,7 +18,6 @@ Formats (``format:`` of a source in the YAML config):
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +26,12 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from ..models.aki.image_processing_aki import load_strictly
+from ..io import check_decodes, decode_image_bytes, open_image, read_records
 from . import synthetic
 from .config import SourceConfig
 
 ImageRef = str | bytes | Image.Image
+_NOT_AN_OBJECT = "the record is not a JSON object"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -72,38 +72,21 @@ def load_image(reference: ImageRef, sample_id: str) -> Image.Image:
     """Decode an image reference to an RGB PIL image; :class:`BadSample` naming the sample if it cannot be read."""
     try:
         if isinstance(reference, Image.Image):
-            image = load_strictly(reference)
+            image = check_decodes(reference)
+        elif isinstance(reference, bytes):
+            image = decode_image_bytes(reference)
+        elif isinstance(reference, str):
+            image = open_image(reference)
         else:
-            with Image.open(io.BytesIO(reference) if isinstance(reference, bytes) else reference) as opened:
-                image = load_strictly(opened).copy()
-    except FileNotFoundError:
-        raise BadSample(sample_id, f"image file {str(reference)!r} does not exist") from None
-    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for unknown or damaged data
-        where = f"image file {str(reference)!r}" if isinstance(reference, str) else "its image"
-        raise BadSample(sample_id, f"{where} could not be decoded: {error}") from None
+            raise ValueError(f"an image reference must be a path, bytes or an image, got {reference!r}")
+    except ValueError as error:
+        raise BadSample(sample_id, str(error)) from None
     return image.convert("RGB")
 
 
 # --------------------------------------------------------------------------------------------------
 # Map-style sources
 # --------------------------------------------------------------------------------------------------
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON list file or a JSON-lines file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from None
-    return records
 
 
 class _RecordFile:
@@ -113,15 +96,18 @@ class _RecordFile:
         self, path: str | Path, *, image_root: str | Path | None = None, name: str | None = None
     ) -> None:
         self.path = Path(path)
-        self.records = _read_records(self.path)
+        self.records = read_records(self.path, objects_only=False)
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.name = name or self.path.stem
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _record(self, index: int) -> tuple[str, dict[str, Any]]:
+    def _record(self, index: int) -> tuple[str, dict[str, Any] | None]:
+        """The sample id and the record (None when it is not a JSON object: a bad sample)."""
         record = self.records[index]
+        if not isinstance(record, dict):
+            return f"{self.name}:{index}", None
         return f"{self.name}:{record.get('id', index)}", record
 
 
@@ -130,6 +116,8 @@ class CaptionFile(_RecordFile):
 
     def __getitem__(self, index: int) -> RawSample:
         sample_id, record = self._record(index)
+        if record is None:
+            return RawSample(sample_id, (), problem=_NOT_AN_OBJECT)
         if not isinstance(record.get("caption"), str) or not isinstance(record.get("image"), str):
             return RawSample(
                 sample_id, (), problem=f"a caption record needs string 'image' and 'caption', got {record}"
@@ -165,6 +153,8 @@ class LlavaFile(_RecordFile):
 
     def __getitem__(self, index: int) -> RawSample:
         sample_id, record = self._record(index)
+        if record is None:
+            return RawSample(sample_id, (), problem=_NOT_AN_OBJECT)
         turns = record.get("conversations")
         if not isinstance(turns, list) or not all(
             isinstance(t, dict) and "from" in t and "value" in t for t in turns
@@ -173,7 +163,11 @@ class LlavaFile(_RecordFile):
                 sample_id, (), problem="'conversations' must be a list of {'from', 'value'} turns"
             )
         images = record.get("image") or []
-        images = [images] if isinstance(images, str) else list(images)
+        images = [images] if isinstance(images, str) else images
+        if not isinstance(images, list) or not all(isinstance(path, str) for path in images):
+            return RawSample(
+                sample_id, (), problem=f"'image' must be a path or a list of paths, got {images!r}"
+            )
         return RawSample(
             sample_id, tuple(str(self.image_root / p) for p in images), conversations=tuple(turns)
         )

@@ -156,8 +156,6 @@ class TrainStream(IterableDataset):
         sources: Sequence[IndexedSource | ShardSource],
         weights: Sequence[float],
         encoder: Any,
-        image_processor: Any,
-        pad_token_id: int,
         layout: Layout,
         seed: int = 0,
         shuffle: bool = True,
@@ -177,8 +175,6 @@ class TrainStream(IterableDataset):
         self.sources = list(sources)
         self.weights = list(weights)
         self.encoder = encoder
-        self.image_processor = image_processor
-        self.pad_token_id = pad_token_id
         self.layout = layout
         self.seed = seed
         self.shuffle = shuffle
@@ -261,7 +257,7 @@ class _Reader:
         stream = self.stream
         batch = None
         if error is None:
-            batch = collate(encoded, pad_token_id=stream.pad_token_id, image_processor=stream.image_processor)
+            batch = collate(encoded, processor=stream.encoder.processor)
         return {
             "batch": batch,
             "micro_batch": index,

@@ -401,6 +401,15 @@ def vocabulary() -> list[str]:
     return sorted({word for text in texts for word in words(text)})
 
 
+def tokenizer() -> Any:
+    """The word-level tokenizer of the synthetic scenes: every word of :func:`vocabulary` is one token (an
+    option marker such as ``(B)`` too), AKI's special tokens first (:func:`aki.models.aki.word_tokenizer`).
+    """
+    from ..models.aki.builders import word_tokenizer
+
+    return word_tokenizer(vocabulary(), pattern=WORD_PATTERN)
+
+
 class _Spec(NamedTuple):
     kind: str
     colour: str

@@ -25,22 +25,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from ..models.aki.image_processing_aki import check_decodes, open_image
+from ..io import decode_image_bytes, open_image, read_records
 from .scorers import (
     MMBENCH_OPTION_COLUMNS,
     Row,
-    _benchmark_name,
-    _blank,
-    _cvbench_choices,
     assign_ids,
-    read_records,
+    benchmark_name,
+    cvbench_choices,
+    is_blank,
 )
 
 __all__ = ["Example", "load_images", "prompt_text", "read_examples"]
@@ -64,16 +62,16 @@ class Example(NamedTuple):
 
 def prompt_text(benchmark: str, row: Row) -> str:
     """The user-turn text for one answer row of ``benchmark`` (see the module docstring for the formats)."""
-    name = _benchmark_name(benchmark)
+    name = benchmark_name(benchmark)
     question = str(_required(row, "question")).strip()
     if name in ("pope", "mme"):
         return f"{SHORT_ANSWER_INSTRUCTION} {question}"
     if name == "cvbench":
-        options = [str(choice) for choice in _cvbench_choices(row)]
+        options = [str(choice) for choice in cvbench_choices(row)]
         context = ""
     else:
-        options = [str(row[letter]) for letter in MMBENCH_OPTION_COLUMNS if not _blank(row.get(letter))]
-        context = "" if _blank(row.get("hint")) else f"Context: {row['hint']}\n"
+        options = [str(row[letter]) for letter in MMBENCH_OPTION_COLUMNS if not is_blank(row.get(letter))]
+        context = "" if is_blank(row.get("hint")) else f"Context: {row['hint']}\n"
     if not options:
         raise ValueError(f"row {row.get('id')!r} has no options")
     lines = "\n".join(f"{chr(ord('A') + i)}. {option}" for i, option in enumerate(options))
@@ -109,7 +107,7 @@ def load_images(example: Example) -> list[Image.Image]:
     images = []
     for source in example.images:
         try:
-            images.append(open_image(source) if isinstance(source, Path) else _decode_bytes(source))
+            images.append(open_image(source) if isinstance(source, Path) else decode_image_bytes(source))
         except ValueError as error:
             raise ValueError(f"example {example.id!r}: {error}") from error
     return images
@@ -119,7 +117,7 @@ def load_images(example: Example) -> list[Image.Image]:
 
 
 def _required(row: Row, column: str) -> Any:
-    if _blank(row.get(column)):
+    if is_blank(row.get(column)):
         raise ValueError(f"row {row.get('id')!r} has no {column!r}")
     return row[column]
 
@@ -177,15 +175,7 @@ def _base64(text: str, row_id: str) -> bytes:
         ) from error
 
 
-def _decode_bytes(data: bytes) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{len(data)} image bytes could not be read as an image: {error}") from error
-    return check_decodes(image)
-
-
 def _is_empty(value: Any) -> bool:
     if isinstance(value, list | tuple | dict | np.ndarray):
         return len(value) == 0
-    return _blank(value)
+    return is_blank(value)

@@ -74,12 +74,12 @@ def run_command(
 
     Files in OUTPUT: {benchmark}-{mma|causal}.predictions.jsonl, .results.json and .results.md.
     """
-    from aki.eval.inference import AkiRunner
     from aki.eval.run import run_benchmark, write_run
+    from aki.generation import Runner
 
     console = Console()
     try:
-        runner = AkiRunner.from_pretrained(
+        runner = Runner.from_pretrained(
             model,
             mma=mma,
             attn_implementation=attn_implementation,
@@ -90,7 +90,7 @@ def run_command(
         results, predictions = run_benchmark(
             runner, benchmark.value, data, max_new_tokens=max_new_tokens, limit=limit
         )
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=1) from error
     stem = f"{benchmark.value}-{'mma' if runner.mma else 'causal'}"

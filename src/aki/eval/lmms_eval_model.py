@@ -27,7 +27,6 @@ independently, and each request's result is its list of answers, one per round.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,7 +37,7 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from PIL import Image
 from tqdm import tqdm
 
-from .inference import AkiRunner, Prompt, chunks
+from ..generation import Prompt, Runner, SamplingParams, chunks
 
 __all__ = ["MANIFEST", "AkiLmms"]
 
@@ -66,7 +65,7 @@ class AkiLmms(lmms):
             raise TypeError(f"model arg mma must be true or false, got {mma!r}")
         if not str(batch_size).isdigit():
             raise ValueError(f"model arg batch_size must be a positive number, got {batch_size!r}")
-        self.runner = AkiRunner.from_pretrained(
+        self.runner = Runner.from_pretrained(
             pretrained,
             mma=mma,
             attn_implementation=attn_implementation,
@@ -104,7 +103,7 @@ class AkiLmms(lmms):
                     for i in chunk:
                         context, _, doc_to_visual, doc_id, task, split = requests[i].args
                         prompts.append(Prompt(context, self._images(doc_to_visual, doc_id, task, split)))
-                    texts = self.runner.generate(prompts, **options, on_batch=bar.update)
+                    texts = self.runner.generate(prompts, options, on_batch=bar.update)
                     for i, text in zip(chunk, texts, strict=True):
                         answers[i] = text
         return answers
@@ -154,7 +153,7 @@ class AkiLmms(lmms):
                 for options, indices in self._grouped(active, lambda i: states[i]["options"]):
                     for chunk in self._chunks(indices):
                         prompts = [states[i]["prompt"] for i in chunk]
-                        texts = self.runner.generate(prompts, **options, on_batch=bar.update)
+                        texts = self.runner.generate(prompts, options, on_batch=bar.update)
                         for i, text in zip(chunk, texts, strict=True):
                             states[i]["outputs"].append(text)
             round_index += 1
@@ -180,31 +179,28 @@ class AkiLmms(lmms):
     # Helpers
     # ----------------------------------------------------------------------------------------------
 
-    def _generation_options(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """lmms-eval generation kwargs -> :meth:`AkiRunner.generate` options (other keys are ignored)."""
+    def _generation_options(self, gen_kwargs: dict[str, Any]) -> SamplingParams:
+        """lmms-eval generation kwargs -> :class:`aki.generation.SamplingParams` (other keys are ignored)."""
         until = gen_kwargs.get("until") or []
         temperature = float(gen_kwargs.get("temperature") or 0.0)
         do_sample = bool(gen_kwargs.get("do_sample", False)) or temperature > 0
-        options = {
-            "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens),
-            "stop": [until] if isinstance(until, str) else list(until),
-            "num_beams": int(gen_kwargs.get("num_beams") or 1),
-            "do_sample": do_sample,
-        }
-        if do_sample:
-            options.update(temperature=temperature or 1.0, top_p=gen_kwargs.get("top_p") or None)
-        return options
+        return SamplingParams(
+            max_new_tokens=int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens),
+            stop=(until,) if isinstance(until, str) else tuple(text for text in until if text),
+            num_beams=int(gen_kwargs.get("num_beams") or 1),
+            temperature=(temperature or 1.0) if do_sample else 0.0,
+            top_p=float(gen_kwargs.get("top_p") or 1.0) if do_sample else 1.0,
+        )
 
     @staticmethod
-    def _grouped(indices, options_of: Callable[[int], dict]) -> list[tuple[dict, list[int]]]:
+    def _grouped(
+        indices, options_of: Callable[[int], SamplingParams]
+    ) -> list[tuple[SamplingParams, list[int]]]:
         """Indices grouped by equal generation options (one ``generate`` call cannot mix them)."""
-        groups: dict[str, list[int]] = defaultdict(list)
-        by_key: dict[str, dict] = {}
+        groups: dict[SamplingParams, list[int]] = defaultdict(list)
         for i in indices:
-            key = json.dumps(options_of(i), sort_keys=True)
-            groups[key].append(i)
-            by_key[key] = options_of(i)
-        return [(by_key[key], members) for key, members in groups.items()]
+            groups[options_of(i)].append(i)
+        return list(groups.items())
 
     def _chunks(self, indices: Sequence[int]) -> list[Sequence[int]]:
         return chunks(indices, self.runner.chunk_size)

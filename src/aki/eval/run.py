@@ -1,7 +1,7 @@
 """``aki eval run``: answer a local benchmark file with an AKI model, score the answers, write the results.
 
 :func:`run_benchmark` reads the file (:mod:`aki.eval.benchmarks`), generates the answers in batches with a
-progress bar (:class:`~aki.eval.inference.AkiRunner`; images are decoded one chunk of batches at a time) and
+progress bar (:class:`aki.generation.Runner`; images are decoded one chunk of batches at a time) and
 scores them (:mod:`aki.eval.scorers`). :func:`write_run` writes three files:
 
 - ``{stem}.predictions.jsonl``: ``{"id", "prediction", "prompt"}`` per example, ids as the scorers assign them
@@ -11,7 +11,7 @@ scores them (:mod:`aki.eval.scorers`). :func:`write_run` writes three files:
 - ``{stem}.results.md``: the same as a markdown table.
 
 Example:
-    >>> runner = AkiRunner.from_pretrained("checkpoints/aki", mma=True, batch_size=8)  # doctest: +SKIP
+    >>> runner = Runner.from_pretrained("checkpoints/aki", mma=True, batch_size=8)  # doctest: +SKIP
     >>> results, predictions = run_benchmark(runner, "pope", "pope.parquet")  # doctest: +SKIP
     >>> write_run(results, predictions, "out", stem="pope-mma")  # doctest: +SKIP
 """
@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
+from ..generation import Prompt, Runner, SamplingParams, chunks
 from .benchmarks import load_images, read_examples
-from .inference import AkiRunner, Prompt, chunks
 from .report import results_markdown
 from .scorers import score, write_results
 
@@ -43,7 +43,7 @@ class RunFiles(NamedTuple):
 
 
 def run_benchmark(
-    runner: AkiRunner,
+    runner: Runner,
     benchmark: str,
     data: str | Path,
     *,
@@ -61,7 +61,9 @@ def run_benchmark(
     with tqdm(total=len(examples), desc=f"aki eval {benchmark}", unit="example", disable=not progress) as bar:
         for chunk in chunks(examples, runner.chunk_size):
             prompts = [Prompt(example.text, load_images(example)) for example in chunk]
-            texts = runner.generate(prompts, max_new_tokens=max_new_tokens, on_batch=bar.update)
+            texts = runner.generate(
+                prompts, SamplingParams(max_new_tokens=max_new_tokens), on_batch=bar.update
+            )
             answers.update(zip((example.id for example in chunk), texts, strict=True))
     seconds = time.perf_counter() - start
     results = score(benchmark, answers, rows)

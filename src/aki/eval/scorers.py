@@ -60,17 +60,17 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
 import string
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from ..io import read_records
 
 __all__ = [
     "BENCHMARKS",
@@ -79,13 +79,15 @@ __all__ = [
     "MetricComparison",
     "Parsed",
     "assign_ids",
+    "benchmark_name",
     "compare_results",
+    "cvbench_choices",
     "extract_choice",
     "extract_yes_no",
+    "is_blank",
     "load_results",
     "predictions_from_records",
     "read_predictions",
-    "read_records",
     "score",
     "score_cvbench",
     "score_files",
@@ -196,59 +198,6 @@ def extract_yes_no(text: str) -> Parsed:
 # ----------------------------------------------------------------------------- reading files
 
 
-def read_records(path: str | Path) -> list[Row]:
-    """Read rows from JSON (a list of objects), JSON lines, TSV or parquet (needs pandas).
-
-    A ``.json`` file that is not one JSON document is read as JSON lines, since several public
-    answer files named ``.json`` are in fact JSON lines.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    if suffix == ".tsv":
-        return _read_tsv(path)
-    text = path.read_text(encoding="utf-8")
-    if suffix != ".jsonl":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None  # not one JSON document: read it as JSON lines below
-        if data is not None:
-            if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-                raise ValueError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-            return data
-    rows = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def _read_tsv(path: Path) -> list[Row]:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # VLMEvalKit TSVs hold base64 images
-    with path.open(encoding="utf-8", newline="") as file:
-        return list(csv.DictReader(file, delimiter="\t"))
-
-
-def _read_parquet(path: Path) -> list[Row]:
-    try:
-        import pandas
-    except ImportError as error:
-        raise ValueError(
-            f"{path}: reading parquet needs pandas and pyarrow, which aki does not install; "
-            "install them or convert the file to JSON lines"
-        ) from error
-    return pandas.read_parquet(path).to_dict("records")
-
-
 def read_predictions(path: str | Path) -> dict[str, str]:
     """Read a predictions file into ``{id: text}``; see :func:`predictions_from_records`."""
     return predictions_from_records(read_records(path), source=str(path))
@@ -296,7 +245,7 @@ def assign_ids(answers: Iterable[Row]) -> list[Row]:
         raise ValueError(f"answer rows need an id column (one of {ANSWER_ID_COLUMNS}); got {sorted(rows[0])}")
     ids = []
     for number, row in enumerate(rows, start=1):
-        if _blank(row.get(column)):
+        if is_blank(row.get(column)):
             raise ValueError(f"answer row {number} has no {column!r}")
         ids.append(_as_id(row[column]))
     totals: dict[str, int] = defaultdict(int)
@@ -318,7 +267,7 @@ def _as_id(value: Any) -> str:
     return str(value)
 
 
-def _blank(value: Any) -> bool:
+def is_blank(value: Any) -> bool:
     """None, "", whitespace or NaN: how an absent option or field appears in JSON, TSV and parquet."""
     if value is None:
         return True
@@ -328,7 +277,7 @@ def _blank(value: Any) -> bool:
 
 
 def _field(row: Row, column: str) -> Any:
-    if _blank(row.get(column)):
+    if is_blank(row.get(column)):
         raise ValueError(f"answer row {row['id']!r} has no {column!r}")
     return row[column]
 
@@ -456,7 +405,7 @@ def _yes_no_answer(row: Row) -> str:
 # ----------------------------------------------------------------------------- CV-Bench
 
 
-def _cvbench_choices(row: Row) -> Sequence[Any]:
+def cvbench_choices(row: Row) -> Sequence[Any]:
     """The row's ``choices``: a list (JSON), an array (parquet) or JSON text (TSV)."""
     choices = _field(row, "choices")
     if isinstance(choices, str):
@@ -468,7 +417,7 @@ def _cvbench_choices(row: Row) -> Sequence[Any]:
 
 
 def _cvbench_letters(row: Row) -> str:
-    return string.ascii_uppercase[: len(_cvbench_choices(row))]
+    return string.ascii_uppercase[: len(cvbench_choices(row))]
 
 
 def score_cvbench(predictions: Mapping[Any, Any], answers: Iterable[Row]) -> dict[str, Any]:
@@ -498,7 +447,7 @@ def score_cvbench(predictions: Mapping[Any, Any], answers: Iterable[Row]) -> dic
 
 def _pope_splits(row: Row) -> list[str]:
     category = row.get("category")
-    if _blank(category):
+    if is_blank(category):
         return []
     return [split.strip() for split in str(category).split(",") if split.strip()]
 
@@ -580,7 +529,7 @@ def score_mme(predictions: Mapping[Any, Any], answers: Iterable[Row]) -> dict[st
 
 
 def _mmbench_letters(row: Row) -> str:
-    letters = "".join(letter for letter in MMBENCH_OPTION_COLUMNS if not _blank(row.get(letter)))
+    letters = "".join(letter for letter in MMBENCH_OPTION_COLUMNS if not is_blank(row.get(letter)))
     if not letters:
         raise ValueError(f"answer row {row['id']!r} has no options (columns {MMBENCH_OPTION_COLUMNS})")
     return letters
@@ -588,7 +537,7 @@ def _mmbench_letters(row: Row) -> str:
 
 def _mmbench_group(row: Row) -> str:
     for column in ("g_index", "circular_index"):
-        if not _blank(row.get(column)):
+        if not is_blank(row.get(column)):
             return _as_id(row[column])
     return str(int(_field(row, "index")) % MMBENCH_CIRCULAR_PERIOD)
 
@@ -606,7 +555,7 @@ def score_mmbench(predictions: Mapping[Any, Any], answers: Iterable[Row]) -> dic
         by_category: dict[str, list[bool]] = defaultdict(list)
         for name, group in groups.items():
             category = group[0].row.get(column)
-            if not _blank(category):
+            if not is_blank(category):
                 by_category[str(category)].append(passed[name])
         for category, results in sorted(by_category.items()):
             metrics[f"{column}/{category}"] = sum(results) / len(results)
@@ -624,7 +573,7 @@ _SCORERS: dict[str, Callable[[Mapping[Any, Any], Iterable[Row]], dict[str, Any]]
 }
 
 
-def _benchmark_name(benchmark: str) -> str:
+def benchmark_name(benchmark: str) -> str:
     name = benchmark.lower().replace("-", "").replace("_", "")
     if name not in _SCORERS:
         raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
@@ -633,12 +582,12 @@ def _benchmark_name(benchmark: str) -> str:
 
 def score(benchmark: str, predictions: Mapping[Any, Any], answers: Iterable[Row]) -> dict[str, Any]:
     """Score ``predictions`` (``{id: text}``) against answer rows of ``benchmark`` ("CV-Bench" = "cvbench")."""
-    return _SCORERS[_benchmark_name(benchmark)](predictions, answers)
+    return _SCORERS[benchmark_name(benchmark)](predictions, answers)
 
 
 def score_files(benchmark: str, predictions: str | Path, answers: str | Path) -> dict[str, Any]:
     """Score a predictions file against an answers file; what ``aki eval score`` runs."""
-    name = _benchmark_name(benchmark)
+    name = benchmark_name(benchmark)
     return _SCORERS[name](read_predictions(predictions), read_records(answers))
 
 

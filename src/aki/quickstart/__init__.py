@@ -5,7 +5,6 @@
 
 from .presets import PRESETS, ModelSize, Preset, build_config, get_preset
 from .study import StudyOptions, run_study
-from .tokenizer import train_tokenizer
 
 __all__ = [
     "PRESETS",
@@ -15,5 +14,4 @@ __all__ = [
     "build_config",
     "get_preset",
     "run_study",
-    "train_tokenizer",
 ]

@@ -47,15 +47,14 @@ from PIL import Image
 
 from ..data import synthetic
 from ..data.config import DataConfig, SourceConfig
-from ..eval.inference import AkiRunner, Prompt
+from ..generation import Prompt, Runner, SamplingParams, default_device
 from ..mma import mma_mask
-from ..models.aki import AkiForConditionalGeneration, AkiProcessor
+from ..models.aki import AkiForConditionalGeneration, AkiProcessor, chat_template
 from ..train import TrainResult, run_pretrain, run_sft
 from ..train.config import CheckpointConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
 from ..viz import save_mask_png
 from . import report, vision
 from .presets import Preset, build_config, get_preset
-from .tokenizer import CHAT_TEMPLATE, train_tokenizer
 
 QUESTION = (
     "Does Modality-Mutual Attention beat causal attention, trained on the same data from the same start?"
@@ -65,7 +64,6 @@ MAX_LENGTH = 256  # tokens per training sample, images expanded: every synthetic
 # The longest reference answer ("white circle (B)") is 5 tokens: room for a longer, wrong one to show.
 MAX_NEW_TOKENS = 8
 _PUNCTUATION = " \t\r\n.,;:!?\"'"
-_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the recipes choose theirs through accelerate
 
 
 @dataclass(frozen=True)
@@ -152,7 +150,7 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
             progress.finish()
         with timings("vision"):
             images, targets = read_vision_data(data, preset)
-        tokenizer = train_tokenizer()
+        tokenizer = synthetic.tokenizer()
         for latents in options.budgets:
             for seed in range(options.seeds):
                 first = (latents, seed) == (options.budgets[0], 0)
@@ -354,9 +352,9 @@ def initialise(
     config = build_config(tokenizer, dataclasses.replace(preset.model, num_latents=latents))
     transformers.set_seed(seed)
     model = AkiForConditionalGeneration(config)
-    processor = AkiProcessor.for_model(config, tokenizer, chat_template=CHAT_TEMPLATE)
+    processor = AkiProcessor.for_model(config, tokenizer, chat_template=chat_template(""))
     losses, _ = vision.pretrain_vision_tower(
-        model.vision_tower.to(_DEVICE),
+        model.vision_tower.to(default_device()),
         processor.image_processor(list(images), return_tensors="pt")["pixel_values"],
         targets,
         steps=preset.vision_steps,
@@ -632,9 +630,9 @@ def evaluate(
     The saved ``use_mma`` decides the attention. An answer is right when it equals the reference after
     :func:`normalise`, the same rule for every arm. The answers are written to ``test_predictions.jsonl``.
     """
-    runner = AkiRunner.from_pretrained(model_dir, batch_size=batch_size, device=_DEVICE)
+    runner = Runner.from_pretrained(model_dir, batch_size=batch_size)
     prompts = [Prompt(question.question, [question.image]) for question in test]
-    answers = runner.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, on_batch=on_batch)
+    answers = runner.generate(prompts, SamplingParams(max_new_tokens=MAX_NEW_TOKENS), on_batch=on_batch)
     records = [
         {"id": q.id, "family": q.family, "answer": q.answer, "prediction": a}
         for q, a in zip(test, answers, strict=True)
@@ -858,7 +856,7 @@ def _environment(options: StudyOptions) -> dict[str, Any]:
         "threads_per_process": options.threads,
         "parallel_arms": options.parallel_arms,
         "cpu_count": os.cpu_count(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": default_device(),
     }
 
 

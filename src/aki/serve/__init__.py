@@ -3,6 +3,7 @@ OpenAI-compatible HTTP server). Only :mod:`aki.serve.engine` is imported here; t
 own dependencies (rich, gradio, fastapi) when used.
 """
 
-from .engine import Completion, Engine, Generation, InputError, Limits, SamplingParams, load_model
+from ..generation import Completion, InputError, SamplingParams, load_model
+from .engine import Engine, Generation, Limits
 
 __all__ = ["Completion", "Engine", "Generation", "InputError", "Limits", "SamplingParams", "load_model"]

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from ..generation import Message
 from ..mma import Role, mma_mask
 from ..viz import save_mask_png
-from .engine import Engine, Message
+from .engine import Engine
 
 MAX_WORDS = 48  # columns of the picture; longer questions are cut
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .engine import Engine, InputError, Message, SamplingParams
+from ..generation import InputError, Message, SamplingParams
+from .engine import Engine
 from .images import open_image_file
 
 HELP = "/image PATH  attach an image to the next question · /reset  new conversation · /quit  leave"

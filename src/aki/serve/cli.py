@@ -56,8 +56,8 @@ def chat(
     """Chat in the terminal: /image PATH attaches an image, /reset starts over, /quit leaves."""
     from rich.console import Console
 
+    from ..generation import InputError, SamplingParams
     from .chat import ChatSession, run_chat
-    from .engine import InputError, SamplingParams
 
     try:
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
@@ -76,8 +76,8 @@ def demo(
 ) -> None:
     """A gradio page: image upload, multi-turn chat, MMA and causal answers side by side, attention pictures."""
     with _engine(model_dir, mma=True, threads=threads) as engine:
+        from ..generation import SamplingParams
         from .demo import launch_demo  # gradio takes seconds to import: only once the model is there
-        from .engine import SamplingParams
 
         typer.echo(f"aki demo on http://{host}:{port}/ (Ctrl+C to stop)")
         launch_demo(engine, host=host, port=port, params=SamplingParams(max_new_tokens=max_tokens))

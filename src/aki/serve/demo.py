@@ -17,8 +17,9 @@ from typing import Any
 
 from PIL import Image
 
+from ..generation import InputError, Message, SamplingParams
 from .attention_view import question_attention, save_attention_png, save_prompt_mask_png
-from .engine import Engine, InputError, Message, SamplingParams
+from .engine import Engine
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..models.aki.image_processing_aki import load_strictly
-from .engine import InputError, Limits
+from ..generation import InputError
+from ..io import load_strictly
+from .engine import Limits
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)", re.S)
 

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .engine import Completion, InputError, Limits, Message, SamplingParams
+from ..generation import Completion, InputError, Message, SamplingParams
+from .engine import Limits
 from .images import decode_data_url, open_image_file
 
 

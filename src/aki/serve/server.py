@@ -22,7 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .engine import Engine, Generation, InputError
+from ..generation import InputError
+from .engine import Engine, Generation
 from .protocol import (
     ChatCompletionRequest,
     chunk_body,

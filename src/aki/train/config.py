@@ -47,6 +47,8 @@ class ModelConfig:
       called with the tokenizer and ``builder_args``.
     * ``tokenizer``: a tokenizer directory, or ``synthetic`` for the word-level tokenizer of the synthetic
       scenes; None takes the processor saved in ``init``.
+    * ``system_message``: the chat template's default system turn for a new processor (None: AKI's released
+      one; the tiny default uses "" to keep samples short); a processor loaded from ``init`` keeps its own.
     * ``attention``: ``mma`` or ``causal`` (pre-training is causal either way: captions are RESPONSE).
     * ``train_*``: the freeze policy (the paper: vision tower frozen, resampler and LM trained).
     """
@@ -55,6 +57,7 @@ class ModelConfig:
     builder: str = "aki_tiny"
     builder_args: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
+    system_message: str | None = None
     attention: Literal["mma", "causal"] = "mma"
     attn_implementation: str = "sdpa"
     train_vision_tower: bool = False

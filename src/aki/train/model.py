@@ -10,17 +10,11 @@ from typing import Any
 from torch import nn
 from transformers import AutoTokenizer
 
-from ..data.synthetic import vocabulary
-from ..models.aki import AkiForConditionalGeneration, AkiProcessor, builders
+from ..data import synthetic
+from ..models.aki import AkiForConditionalGeneration, AkiProcessor, builders, chat_template
 from .config import LoraConfig, ModelConfig
 
-
-def synthetic_tokenizer() -> Any:
-    """The word-level tokenizer of the synthetic scenes: every word of their questions, answers and captions."""
-    return builders.tiny_tokenizer([" ".join(vocabulary())])
-
-
-TOKENIZERS = {"synthetic": synthetic_tokenizer}
+TOKENIZERS = {"synthetic": synthetic.tokenizer}  # the word-level tokenizer of the synthetic scenes
 
 
 def load_tokenizer(name: str) -> Any:
@@ -44,7 +38,7 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
         if config.tokenizer is None:
             processor = AkiProcessor.from_pretrained(config.init)
         else:
-            processor = AkiProcessor.for_model(model.config, load_tokenizer(config.tokenizer))
+            processor = _processor(model.config, load_tokenizer(config.tokenizer), config.system_message)
     else:
         if config.tokenizer is None:
             raise ValueError("model.tokenizer is needed to build a fresh model (model.init is None)")
@@ -52,7 +46,7 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
             raise ValueError(f"unknown model.builder {config.builder!r}; use one of {builders.__all__}")
         tokenizer = load_tokenizer(config.tokenizer)
         model_config = getattr(builders, config.builder)(tokenizer, **config.builder_args)
-        processor = AkiProcessor.for_model(model_config, tokenizer)
+        processor = _processor(model_config, tokenizer, config.system_message)
         model = AkiForConditionalGeneration(model_config)
     if processor.num_image_tokens != model.config.num_latents:
         raise ValueError(
@@ -70,6 +64,11 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
         model.gradient_checkpointing_enable()
     trainable = model if config.lora is None else add_lora(model, config.lora)
     return trainable, model, processor
+
+
+def _processor(model_config: Any, tokenizer: Any, system_message: str | None) -> AkiProcessor:
+    template = None if system_message is None else chat_template(system_message)
+    return AkiProcessor.for_model(model_config, tokenizer, chat_template=template)
 
 
 def add_lora(model: AkiForConditionalGeneration, config: LoraConfig) -> nn.Module:
@@ -94,4 +93,4 @@ def add_lora(model: AkiForConditionalGeneration, config: LoraConfig) -> nn.Modul
     return wrapped
 
 
-__all__ = ["TOKENIZERS", "add_lora", "build_model", "load_tokenizer", "synthetic_tokenizer"]
+__all__ = ["TOKENIZERS", "add_lora", "build_model", "load_tokenizer"]

@@ -146,8 +146,6 @@ class Recipe:
             sources=sources,
             weights=[source.weight for source in data.sources],
             encoder=encoder,
-            image_processor=self.processor.image_processor,
-            pad_token_id=self.processor.tokenizer.pad_token_id,
             layout=Layout(
                 batch_size=config.batch_size,
                 accumulation=config.gradient_accumulation_steps,

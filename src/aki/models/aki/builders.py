@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerFast
 
 from .configuration_aki import AkiConfig
 from .processing_aki import CHAT_SYSTEM_MESSAGE
@@ -22,8 +22,11 @@ from .processing_aki import CHAT_SYSTEM_MESSAGE
 MEDIA_TOKEN = "<image>"
 ASSISTANT_TOKEN = "<|assistant|>"
 TURN_TOKENS = ("<|user|>", "<|system|>")
-TINY_SPECIAL_TOKENS = [
-    "<unk>",
+UNK_TOKEN = "<unk>"
+# <unk> for unknown pieces, then AKI's special tokens (docs/aki-reference.md): sequence ends, padding, the image
+# placeholder, the end of a pre-training chunk and the chat headers.
+SPECIAL_TOKENS = [
+    UNK_TOKEN,
     "<s>",
     "</s>",
     "<pad>",
@@ -31,10 +34,11 @@ TINY_SPECIAL_TOKENS = [
     "<|endofchunk|>",
     "<|system|>",
     "<|user|>",
-    "<|assistant|>",
+    ASSISTANT_TOKEN,
     "<|end|>",
 ]
-_WORD_PATTERN = re.compile(r"\w+|[^\w\s]")
+# Words and single punctuation marks: what the word-level tokenizer cuts text into by default.
+WORD_PATTERN = r"\w+|[^\w\s]"
 
 # google/siglip-so400m-patch14-384, vision tower: 27 x 27 = 729 patches of width 1152.
 SIGLIP_SO400M_PATCH14_384 = {
@@ -140,27 +144,60 @@ def aki_4b(
     )
 
 
-def tiny_tokenizer(texts: Iterable[str] = ()) -> PreTrainedTokenizerBase:
-    """A word-level tokenizer with AKI's special tokens, for tests and CPU demos (nothing is downloaded).
+def word_tokenizer(
+    corpus: Iterable[str],
+    *,
+    pattern: str | re.Pattern = WORD_PATTERN,
+    keep_whitespace: bool = False,
+    max_vocab_size: int = 65536,
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained offline on ``corpus`` with AKI's special tokens (nothing is downloaded).
 
-    Its vocabulary: the special tokens ``TINY_SPECIAL_TOKENS``, the space and the newline, and every word and
-    punctuation mark of the default system message and of ``texts``; anything else is ``<unk>``. Each space
-    and newline is a token of its own, so prompts tokenize exactly as they read.
+    Text is cut into the matches of ``pattern`` (by default words and single punctuation marks), so a word is
+    the same token wherever it stands. The special tokens :data:`SPECIAL_TOKENS` get the ids 0-9, then every
+    piece of the corpus gets one id, by frequency in the corpus, ties alphabetically: training is
+    deterministic. Pieces not in the corpus are ``<unk>``. Spaces and newlines are not tokens (shorter
+    sequences): decoding joins pieces with spaces and removes the space before punctuation (``"red ?"`` ->
+    ``"red?"``). With ``keep_whitespace`` each space and newline is a token of its own, as in the tokenizers
+    of real LMs, and text decodes exactly as written.
+
+    Example:
+        >>> tokenizer = word_tokenizer(["which shape is red?"])
+        >>> tokenizer.tokenize("which shape is red?")
+        ['which', 'shape', 'is', 'red', '?']
+        >>> tokenizer.decode(tokenizer("which shape is red?")["input_ids"])
+        'which shape is red?'
     """
-    words = sorted({piece for text in (CHAT_SYSTEM_MESSAGE, *texts) for piece in _WORD_PATTERN.findall(text)})
-    vocab = {token: i for i, token in enumerate([*TINY_SPECIAL_TOKENS, " ", "\n", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]|\s"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    backend.add_special_tokens(TINY_SPECIAL_TOKENS)
+    pattern = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+    backend = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+    corpus = list(corpus)
+    if keep_whitespace:
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(rf"{pattern}|\s"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
+        corpus.append(" \n")  # a space and a newline get ids whatever the corpus holds
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True)
+        backend.decoder = decoders.WordPiece(cleanup=True)
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=max_vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        unk_token="<unk>",
+        unk_token=UNK_TOKEN,
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
-        extra_special_tokens=TINY_SPECIAL_TOKENS[4:],
+        extra_special_tokens=SPECIAL_TOKENS[4:],
+        clean_up_tokenization_spaces=False,  # the decoder already joins punctuation
     )
+
+
+def tiny_tokenizer(texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """:func:`word_tokenizer` with whitespace tokens on AKI's default system message and ``texts``: for tests
+    and demos whose prompts must tokenize exactly as they read (the newline after ``<|assistant|>`` included).
+    """
+    return word_tokenizer([CHAT_SYSTEM_MESSAGE, *texts], keep_whitespace=True)
 
 
 def token_ids_from_tokenizer(tokenizer: Any, *, media_token: str = MEDIA_TOKEN) -> dict[str, int | None]:
@@ -219,4 +256,12 @@ def aki_config(
     )
 
 
-__all__ = ["aki_4b", "aki_config", "aki_tiny", "tiny_tokenizer", "token_ids_from_tokenizer"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "aki_4b",
+    "aki_config",
+    "aki_tiny",
+    "tiny_tokenizer",
+    "token_ids_from_tokenizer",
+    "word_tokenizer",
+]

@@ -6,13 +6,14 @@ arrays, torch tensors and file paths, and names the file when one cannot be read
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageFile
+from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import PILImageResampling
+
+from ...io import check_decodes, open_image
 
 
 class AkiImageProcessor(PilBackend):
@@ -45,45 +46,6 @@ class AkiImageProcessor(PilBackend):
         if isinstance(images, Image.Image):
             return check_decodes(images)
         return super().fetch_images(images)
-
-
-_STRICT = threading.Lock()
-
-
-def load_strictly(image: Image.Image) -> Image.Image:
-    """Decode ``image`` now, refusing truncated data whatever PIL's process-wide setting says.
-
-    ``ImageFile.LOAD_TRUNCATED_IMAGES``, which some libraries switch on at import (lmms-eval does), would
-    otherwise pad a truncated file with grey instead of raising.
-    """
-    with _STRICT:
-        lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-        try:
-            image.load()
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = lenient
-    return image
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file; ``ValueError`` naming the file if it is missing or corrupt."""
-    try:
-        with Image.open(path) as image:
-            return load_strictly(image).copy()
-    except FileNotFoundError as error:
-        raise ValueError(f"image file {str(path)!r} does not exist") from error
-    except (OSError, SyntaxError, ValueError) as error:  # PIL raises these for unknown or damaged data
-        raise ValueError(f"image file {str(path)!r} could not be read as an image: {error}") from error
-
-
-def check_decodes(image: Image.Image) -> Image.Image:
-    """Decode a (lazily opened) PIL image now, so that a damaged file fails here with its name."""
-    try:
-        load_strictly(image)
-    except (OSError, SyntaxError, ValueError) as error:
-        name = getattr(image, "filename", "") or "a PIL image"
-        raise ValueError(f"image {name!r} could not be decoded: {error}") from error
-    return image
 
 
 __all__ = ["AkiImageProcessor"]

@@ -12,7 +12,7 @@ is RESPONSE throughout: plain causal attention, as in the reference.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,12 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedConfig
 from transformers.processing_utils import ProcessorMixin
 
-from ...mma import Role, roles_from_token_ids
-from .image_processing_aki import AkiImageProcessor, check_decodes, open_image
+from ...io import check_decodes, open_image
+from ...mma import IGNORE_INDEX, Role, roles_from_token_ids
+from .image_processing_aki import AkiImageProcessor
 
+# What each padded feature is filled with (input_ids: the tokenizer's pad id).
+PAD_FILLS = {"input_ids": None, "attention_mask": 0, "mma_roles": int(Role.TEXT), "labels": IGNORE_INDEX}
 CHAT_TEMPLATE = (Path(__file__).parent / "chat_template.jinja").read_text()
 # What the template says as the system turn when a chat has none (the released AKI's).
 CHAT_SYSTEM_MESSAGE = (
@@ -140,17 +143,54 @@ class AkiProcessor(ProcessorMixin):
         placeholders = [ids.count(self.image_token_id) for ids in token_ids]
         images_per_text = self._assign_images(images, placeholders)
 
-        sequences = [self._expand(ids) for ids in token_ids]
+        sequences = [self.expand(ids) for ids in token_ids]
         if max_length is not None:
             sequences = [self._truncate(ids, max_length, i) for i, ids in enumerate(sequences)]
-        roles = [self.roles(ids) for ids in sequences]
-        data = self._pad(sequences, roles, padding_side or self.padding_side)
+        features = [{"input_ids": ids, "mma_roles": self.roles(ids)} for ids in sequences]
+        data = self.pad(features, padding_side=padding_side)
 
         flat_images = [image for group in images_per_text for image in group]
         if flat_images:
-            pixels = self.image_processor(flat_images, return_tensors=return_tensors, **(images_kwargs or {}))
+            pixels = self.image_processor(flat_images, return_tensors="pt", **(images_kwargs or {}))
             data["pixel_values"] = pixels["pixel_values"]
+        if return_tensors is None:
+            data = {key: value.tolist() for key, value in data.items()}
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def pad(
+        self, features: Sequence[Mapping[str, Any]], *, padding_side: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One batch from per-sample features: the one padder of aki (processor, data collator, generation).
+
+        Each feature holds ``input_ids`` and any of ``attention_mask`` (default: all ones), ``mma_roles`` and
+        ``labels``, as lists of ints or ``(1, L)`` tensors, and optionally ``pixel_values`` ``(N, 3, H, W)``.
+        Sequences are padded to the longest on ``padding_side`` (default: the processor's) with the pad id,
+        attention 0, role TEXT and label -100; ``pixel_values`` are concatenated in sample order, which is
+        placeholder order.
+        """
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        rows = [{key: _as_ids(value) for key, value in f.items() if key in PAD_FILLS} for f in features]
+        length = max(len(row["input_ids"]) for row in rows)
+        if self.tokenizer.pad_token_id is None and any(len(row["input_ids"]) < length for row in rows):
+            raise ValueError("the texts have different lengths but the tokenizer has no pad token")
+        fills = {**PAD_FILLS, "input_ids": self.tokenizer.pad_token_id}
+        keys = ["input_ids", "attention_mask", *(key for key in ("mma_roles", "labels") if key in rows[0])]
+        batch = {}
+        for key in keys:
+            padded = []
+            for row in rows:
+                values = row.get(key, [1] * len(row["input_ids"]) if key == "attention_mask" else None)
+                if values is None or len(values) != len(row["input_ids"]):
+                    raise ValueError(f"every feature needs {key!r} as long as its input_ids")
+                gap = [fills[key]] * (length - len(values))
+                padded.append(gap + values if side == "left" else values + gap)
+            batch[key] = torch.tensor(padded, dtype=torch.long)  # (B, L)
+        pixels = [f["pixel_values"] for f in features if f.get("pixel_values") is not None]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)  # (N, 3, H, W)
+        return batch
 
     def roles(self, token_ids: Sequence[int]) -> list[int]:
         """The MMA role of every token of one expanded sequence (:func:`aki.mma.roles_from_token_ids`)."""
@@ -201,11 +241,19 @@ class AkiProcessor(ProcessorMixin):
             for i, group in enumerate(groups)
         ]
 
-    def _expand(self, token_ids: list[int]) -> list[int]:
-        expanded = []
-        for token in token_ids:
-            expanded.extend([token] * self.num_image_tokens if token == self.image_token_id else [token])
-        return expanded
+    def expand(self, token_ids: Sequence[int], labels: Sequence[int] | None = None):
+        """Each ``<image>`` token repeated ``num_image_tokens`` times (the positions its image fills).
+
+        With ``labels`` (aligned with ``token_ids``), returns ``(input_ids, labels)``; an image's positions are
+        never labelled.
+        """
+        copies = [self.num_image_tokens if token == self.image_token_id else 1 for token in token_ids]
+        expanded = [token for token, n in zip(token_ids, copies, strict=True) for _ in range(n)]
+        if labels is None:
+            return expanded
+        image = self.image_token_id
+        label_of = [IGNORE_INDEX if t == image else label for t, label in zip(token_ids, labels, strict=True)]
+        return expanded, [label for label, n in zip(label_of, copies, strict=True) for _ in range(n)]
 
     def _truncate(self, token_ids: list[int], max_length: int, index: int) -> list[int]:
         if len(token_ids) <= max_length:
@@ -222,25 +270,10 @@ class AkiProcessor(ProcessorMixin):
             )
         return token_ids[:max_length]
 
-    def _pad(
-        self, sequences: list[list[int]], roles: list[list[int]], side: str
-    ) -> dict[str, list[list[int]]]:
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-        length = max(len(ids) for ids in sequences)
-        if self.tokenizer.pad_token_id is None and any(len(ids) < length for ids in sequences):
-            raise ValueError("the texts have different lengths but the tokenizer has no pad token")
-        data: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "mma_roles": []}
-        for ids, sequence_roles in zip(sequences, roles, strict=True):
-            gap = length - len(ids)
-            rows = {
-                "input_ids": (ids, self.tokenizer.pad_token_id),
-                "attention_mask": ([1] * len(ids), 0),
-                "mma_roles": (sequence_roles, int(Role.TEXT)),
-            }
-            for key, (values, fill) in rows.items():
-                data[key].append([fill] * gap + values if side == "left" else values + [fill] * gap)
-        return data
+
+def _as_ids(value: Any) -> Any:
+    """A ``(1, L)`` tensor as a list of ints; lists (and pixel tensors, untouched by the caller) as given."""
+    return value[0].tolist() if isinstance(value, torch.Tensor) else list(value)
 
 
 def _is_list(value: Any) -> bool:

@@ -1,13 +1,16 @@
-"""The quickstart tokenizer: trained on the synthetic vocabulary, one token per word, AKI's special tokens."""
+"""The tokenizer of the synthetic scenes (``aki.data.synthetic.tokenizer``, built by the one word-level builder
+``aki.models.aki.word_tokenizer``): one token per word, AKI's special tokens first."""
 
 from __future__ import annotations
 
 from transformers import AutoTokenizer
 
 from aki.data.synthetic import caption, make_sample, vocabulary
-from aki.models.aki.processing_aki import CHAT_TEMPLATE
-from aki.quickstart.tokenizer import CHAT_TEMPLATE as QUICKSTART_TEMPLATE
-from aki.quickstart.tokenizer import SPECIAL_TOKENS, SYSTEM_MESSAGE, train_tokenizer
+from aki.data.synthetic import tokenizer as train_tokenizer
+from aki.models.aki.builders import SPECIAL_TOKENS
+from aki.models.aki.processing_aki import CHAT_TEMPLATE, chat_template
+
+QUICKSTART_TEMPLATE = chat_template("")  # the quickstart's chat template: an empty system turn
 
 
 def test_special_tokens_come_first_in_a_fixed_order():
@@ -47,7 +50,6 @@ def test_the_chat_template_has_an_empty_system_turn_when_a_chat_has_none():
     tokenizer = train_tokenizer()
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "which shape is red?"}]}]
     prompt = tokenizer.apply_chat_template(chat, chat_template=QUICKSTART_TEMPLATE, tokenize=False)
-    assert SYSTEM_MESSAGE == ""
     assert prompt.startswith("<s> <|system|>\n<|end|>\n<|user|>\n<image>\n")
     assert "<unk>" not in tokenizer.tokenize(prompt)
     assert len(tokenizer.tokenize(prompt)) == 11  # AKI's default system message alone is 29 words

@@ -1,4 +1,5 @@
-"""AkiRunner: batched generation equals one prompt at a time, stop strings, hand-computed log-likelihoods, MMA."""
+"""aki.generation.Runner: batched generation equals one prompt at a time, stop strings, hand-computed
+log-likelihoods, the MMA switch."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from eval_helpers import solid
 
-from aki.eval.inference import AkiRunner, Prompt
+from aki.generation import Prompt, Runner, SamplingParams
 
 PROMPTS = [
     Prompt("Is there a cat in the image?", [solid((255, 0, 0))]),
@@ -19,16 +20,16 @@ PROMPTS = [
 ]
 
 
-def runner(saved, **options) -> AkiRunner:
-    return AkiRunner.from_pretrained(saved.path, device="cpu", **options)
+def runner(saved, **options) -> Runner:
+    return Runner.from_pretrained(saved.path, device="cpu", **options)
 
 
 def test_batched_generation_equals_one_prompt_at_a_time(random_aki):
     batched = runner(random_aki, batch_size=3)
-    one_by_one = AkiRunner(model=batched.model, processor=batched.processor, batch_size=1)
+    one_by_one = Runner(batched.model, batched.processor, batch_size=1)
     seen = []
-    answers = batched.generate(PROMPTS, max_new_tokens=6, on_batch=seen.append)
-    assert answers == one_by_one.generate(PROMPTS, max_new_tokens=6)
+    answers = batched.generate(PROMPTS, SamplingParams(max_new_tokens=6), on_batch=seen.append)
+    assert answers == one_by_one.generate(PROMPTS, SamplingParams(max_new_tokens=6))
     assert seen == [3, 2]  # progress: one call per batch, with its size
     assert all(answers)
 
@@ -37,10 +38,10 @@ def test_stop_strings_end_generation_and_are_cut_off(yes_aki):
     yes = runner(yes_aki)
     steps = []
     hook = yes.model.language_model.register_forward_hook(lambda *args: steps.append(1))
-    assert yes.generate(PROMPTS[:1], max_new_tokens=5) == ["YesYesYesYesYes"]
+    assert yes.generate(PROMPTS[:1], SamplingParams(max_new_tokens=5)) == ["YesYesYesYesYes"]
     assert len(steps) == 5  # prefill, then one forward per further token
     steps.clear()
-    assert yes.generate(PROMPTS[:1], max_new_tokens=5, stop=["sY"]) == ["Ye"]  # cut before "sY"
+    assert yes.generate(PROMPTS[:1], SamplingParams(max_new_tokens=5, stop=("sY",))) == ["Ye"]  # cut at "sY"
     assert len(steps) == 2  # "YesYes" holds the stop string: the row ended after two tokens
     hook.remove()
 
@@ -63,7 +64,7 @@ def test_loglikelihood_equals_an_unpadded_forward(random_aki):
     results = batched.loglikelihood(PROMPTS[:4], continuations)
     tokenizer = batched.processor.tokenizer
     for prompt, continuation, (value, greedy) in zip(PROMPTS, continuations, results, strict=False):
-        text = batched.chat_text(prompt)
+        text, _ = prompt.render(batched.processor)
         inputs = batched.processor(text=[text + continuation], images=list(prompt.images) or None)
         count = len(tokenizer(continuation, add_special_tokens=False)["input_ids"])
         with torch.no_grad():
@@ -83,18 +84,17 @@ def test_mma_switch_changes_image_prompts_only(random_aki):
     image_prompt, text_prompt = PROMPTS[0], PROMPTS[2]
     (mma_image, _), (mma_text, _) = with_mma.loglikelihood([image_prompt, text_prompt], ["Yes", "Yes"])
     (causal_image, _), (causal_text, _) = causal.loglikelihood([image_prompt, text_prompt], ["Yes", "Yes"])
-    assert abs(mma_image - causal_image) > 1e-6  # the image saw the question
+    assert abs(mma_image - causal_image) > 1e-3  # the image saw the question
     assert mma_text == pytest.approx(causal_text, abs=1e-5)  # no media: MMA is causal attention
 
 
 def test_image_markers_in_the_text_place_the_images(random_aki):
     aki = runner(random_aki)
     image = solid((1, 2, 3))
-    assert aki.chat_text(Prompt("<image>\nIs there a dog?", [image])) == aki.chat_text(
-        Prompt("Is there a dog?", [image])
-    )
+    placed = Prompt("<image>\nIs there a dog?", [image]).render(aki.processor)
+    assert placed == Prompt("Is there a dog?", [image]).render(aki.processor)
     with pytest.raises(ValueError, match="places 2 <image> markers but 1 images were given"):
-        aki.chat_text(Prompt("<image><image> Is there a dog?", [image]))
+        Prompt("<image><image> Is there a dog?", [image]).render(aki.processor)
 
 
 def test_bad_arguments_are_named(random_aki):
@@ -102,6 +102,6 @@ def test_bad_arguments_are_named(random_aki):
         runner(random_aki, dtype="float8")
     aki = runner(random_aki)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
-        AkiRunner(model=aki.model, processor=aki.processor, batch_size=0)
+        Runner(aki.model, aki.processor, batch_size=0)
     with pytest.raises(ValueError, match="got 2 prompts but 1 continuations"):
         aki.loglikelihood(PROMPTS[:2], ["Yes"])
