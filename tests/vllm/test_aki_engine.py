@@ -7,8 +7,9 @@ must be equal and the first step's log-probs equal to 1e-4 (fp32).
 from __future__ import annotations
 
 import pytest
+from vllm_helpers import VLLM_MISSING
 
-pytest.importorskip("vllm", reason="the vLLM tests run in the venv of .ci/vllm-env.sh")
+pytest.importorskip("vllm.entrypoints.llm", reason=VLLM_MISSING)
 
 from transformers import AutoProcessor
 from vllm_helpers import (

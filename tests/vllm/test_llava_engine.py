@@ -8,8 +8,9 @@ reference generates with the roles those headers give (:class:`aki.vllm.roles.Mm
 from __future__ import annotations
 
 import pytest
+from vllm_helpers import VLLM_MISSING
 
-pytest.importorskip("vllm", reason="the vLLM tests run in the venv of .ci/vllm-env.sh")
+pytest.importorskip("vllm.entrypoints.llm", reason=VLLM_MISSING)
 
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 from vllm_helpers import (

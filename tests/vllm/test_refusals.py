@@ -5,8 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from vllm_helpers import VLLM_MISSING
 
-pytest.importorskip("vllm", reason="the vLLM tests run in the venv of .ci/vllm-env.sh")
+pytest.importorskip("vllm.entrypoints.llm", reason=VLLM_MISSING)
 
 from aki.vllm.config import check_engine_config
 from aki.vllm.roles import MmaError

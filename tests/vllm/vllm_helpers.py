@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+# Checked as `vllm.entrypoints.llm`: in a venv without vLLM, this directory itself imports as a namespace `vllm`.
+VLLM_MISSING = "vLLM is not installed: the vLLM tests run in the venv of .ci/vllm-env.sh"
 NEW_TOKENS = 8
 LOGPROB_TOLERANCE = 1e-4  # fp32, vLLM's CPU kernels against transformers' SDPA
 
