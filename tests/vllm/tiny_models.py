@@ -36,11 +36,14 @@ def tokenizer():
 
 
 def save_tiny_aki(directory: Path, *, seed: int = 0) -> Path:
-    """A tiny AKI (SigLIP 32 px, 4 latents, Llama 4 x 128 with heads of 32) and its processor in ``directory``."""
+    """A tiny AKI (SigLIP 32 px, 4 latents, Llama 4 x 128 with heads of 32, an output head with a bias) and its
+    processor in ``directory``."""
     tok = tokenizer()
-    config = aki_tiny(tok, text_config=TINY_TEXT)
+    config = aki_tiny(tok, text_config=TINY_TEXT, text_head_bias=True)
     torch.manual_seed(seed)
     model = AkiForConditionalGeneration(config).eval()
+    with torch.no_grad():  # the released AKI's output head has a trained bias: vLLM must load and add it
+        model.get_output_embeddings().bias.normal_(0.0, 0.5)
     model.save_pretrained(directory)
     AkiProcessor.for_model(config, tok).save_pretrained(directory)
     return directory
