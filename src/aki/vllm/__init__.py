@@ -30,8 +30,9 @@ MMA_ARCHITECTURES = {
 def register() -> None:
     """The ``vllm.general_plugins`` entry point: register aki's models and MMA's engine checks (idempotent)."""
     _serve_llava_without_torchvision()
-    import aki.models.aki  # noqa: F401  (registers AkiConfig with transformers' AutoConfig)
     from vllm import ModelRegistry
+
+    import aki.models.aki  # noqa: F401  (registers AkiConfig with transformers' AutoConfig)
 
     from .config import install_engine_defaults, register_config_hooks
 
