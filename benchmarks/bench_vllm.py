@@ -6,12 +6,13 @@ latents (as AKI's), a Llama of 8 layers x 512 (8 heads of 64), the tiny word-lev
 bias makes the end-of-sequence token impossible, so every request runs to its ``max_tokens`` in every engine.
 Requests: 8 chats, each an image and a question of a different length (prompts of ~200 tokens).
 
-1. Generated tokens/s of 8 concurrent requests (one ``LLM.generate`` of 8 requests, 64 new tokens each), in
-   vLLM with MMA and in vLLM with the same weights causal (``use_mma=false``); the engines alternate, twice
-   each, after a warm-up. Target: MMA / causal >= 0.97.
-2. ``aki serve`` (aki's engine) and ``aki serve --engine vllm`` on 127.0.0.1, greedy chat completions of 64
-   tokens: generated tokens/s and median latency at 1 client (the 8 requests one after another) and 8 clients
-   (the 8 at once), two rounds each after a warm-up. Answers under load are checked against the lone ones.
+1. Generated tokens/s of 8 concurrent requests (one ``LLM.generate`` of 8 requests, 64 new tokens each) in one
+   vLLM engine, with MMA and with MMA switched off in the same engine (``model.mma.active``: causal
+   attention), alternating, 6 each after a warm-up. Target: MMA / causal >= 0.97.
+2. ``aki serve`` (aki's engine) and ``aki serve --engine vllm``, both up on 127.0.0.1, greedy chat completions
+   of 64 tokens: generated tokens/s and median latency at 1 client (the 8 requests one after another) and 8
+   clients (the 8 at once); the servers' phases alternate, two rounds after a warm-up. Answers under load are
+   checked against the lone ones.
 3. On each server: the latency of a 2-token request alone, and sent while a 900-token request runs.
 
 Run: ``python benchmarks/bench_vllm.py`` (about 6 minutes here) or ``--quick`` (smaller model and lengths).
@@ -115,32 +116,35 @@ def data_url(picture: Image.Image) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def engine_tokens_per_s(model_dir: Path, *, mma: bool, new_tokens: int, repeats: int) -> list[float]:
-    """Generated tokens/s of one generate of the 8 requests, ``repeats`` times after a warm-up."""
+def set_mma(llm, active: bool) -> None:
+    """Switch MMA on or off in the engine's model (in this process): the same engine, weights and requests."""
+    llm.apply_model(lambda model: setattr(model.mma, "active", active))
+
+
+def mma_and_causal_tokens_per_s(model_dir: Path, *, new_tokens: int, repeats: int) -> dict[bool, list[float]]:
+    """Generated tokens/s of one generate of the 8 requests, MMA and causal alternating, after a warm-up."""
     from vllm import LLM, SamplingParams
     from vllm.distributed import cleanup_dist_env_and_memory
 
-    llm = LLM(
-        model=str(model_dir),
-        dtype="float32",
-        max_model_len=2048,
-        max_num_seqs=8,
-        seed=0,
-        hf_overrides={"use_mma": mma},
-    )
+    llm = LLM(model=str(model_dir), dtype="float32", max_model_len=2048, max_num_seqs=8, seed=0)
     processor = AkiProcessor.from_pretrained(model_dir)
     requests = [
         {"prompt": prompt(processor, question), "multi_modal_data": {"image": image(i)}}
         for i, question in enumerate(QUESTIONS)
     ]
     params = SamplingParams(max_tokens=new_tokens, temperature=0)
-    llm.generate(requests, params, use_tqdm=False)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outputs = llm.generate(requests, params, use_tqdm=False)
-        seconds = time.perf_counter() - start
-        rates.append(sum(len(output.outputs[0].token_ids) for output in outputs) / seconds)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    answers: dict[bool, list] = {}
+    for round_index in range(repeats + 1):  # round 0 is the warm-up
+        for active in (True, False) if round_index % 2 else (False, True):
+            set_mma(llm, active)
+            start = time.perf_counter()
+            outputs = llm.generate(requests, params, use_tqdm=False)
+            seconds = time.perf_counter() - start
+            answers[active] = [list(output.outputs[0].token_ids) for output in outputs]
+            if round_index:
+                rates[active].append(sum(len(tokens) for tokens in answers[active]) / seconds)
+    rates["changed"] = sum(a != b for a, b in zip(answers[True], answers[False], strict=True))
     del llm
     cleanup_dist_env_and_memory()
     return rates
@@ -263,29 +267,38 @@ def short_behind_long(url: str, long_tokens: int) -> tuple[float, float]:
     return alone, behind
 
 
-def measure_server(model_dir: Path, engine: str, *, new_tokens: int, long_tokens: int, rounds: int) -> dict:
-    server, url = start_server(model_dir, engine)
+def measure_servers(model_dir: Path, *, new_tokens: int, long_tokens: int, rounds: int) -> dict[str, dict]:
+    """Both servers up at once; their load phases alternate (the order rotates each round), after a warm-up."""
+    engines = ("aki", "vllm")
+    servers = {engine: start_server(model_dir, engine) for engine in engines}
     try:
-        lone_answers = load(url, 1, new_tokens)[2]  # warm-up, and the lone answers
-        figures: dict = {"mismatches": 0}
-        for clients in (1, 8):
-            rates, latencies = [], []
-            for _ in range(rounds):
-                rate, latency, answers = load(url, clients, new_tokens)
-                rates.append(rate)
-                latencies.append(latency)
-                figures["mismatches"] += sum(a != b for a, b in zip(answers, lone_answers, strict=True))
-            figures[f"{clients}_clients_tokens_per_s"] = statistics.median(rates)
-            figures[f"{clients}_clients_median_latency_s"] = statistics.median(latencies)
-        figures["short_alone_s"], figures["short_behind_long_s"] = short_behind_long(url, long_tokens)
-        figures["answers"] = lone_answers
+        urls = {engine: url for engine, (_, url) in servers.items()}
+        lone = {engine: load(url, 1, new_tokens)[2] for engine, url in urls.items()}  # warm-up, lone answers
+        samples = {engine: {1: [], 8: []} for engine in engines}
+        mismatches = dict.fromkeys(engines, 0)
+        for round_index in range(rounds):
+            for engine in engines if round_index % 2 == 0 else engines[::-1]:
+                for clients in (1, 8):
+                    rate, latency, answers = load(urls[engine], clients, new_tokens)
+                    samples[engine][clients].append((rate, latency))
+                    mismatches[engine] += sum(a != b for a, b in zip(answers, lone[engine], strict=True))
+        figures = {}
+        for engine in engines:
+            figures[engine] = {"mismatches": mismatches[engine], "answers": lone[engine]}
+            for clients, runs in samples[engine].items():
+                figures[engine][f"{clients}_clients_tokens_per_s"] = statistics.median(r for r, _ in runs)
+                figures[engine][f"{clients}_clients_median_latency_s"] = statistics.median(t for _, t in runs)
+            alone, behind = short_behind_long(urls[engine], long_tokens)
+            figures[engine] |= {"short_alone_s": alone, "short_behind_long_s": behind}
         return figures
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for server, _ in servers.values():
+            server.terminate()
+        for server, _ in servers.values():
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def main() -> None:
@@ -293,29 +306,28 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller model and shorter answers")
     args = parser.parse_args()
     new_tokens, long_tokens = (16, 200) if args.quick else (64, 900)
-    print(f"# bench_vllm: torch {torch.__version__}, {os.cpu_count()} cores, quick={args.quick}")
+    print(
+        f"# bench_vllm: torch {torch.__version__}, {os.cpu_count()} cores, quick={args.quick}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     with tempfile.TemporaryDirectory(prefix="aki-bench-vllm-") as folder:
         model_dir = save_model(Path(folder), quick=args.quick)
 
-        rates = {True: [], False: []}
-        for mma in (True, False, True, False):
-            rates[mma] += engine_tokens_per_s(model_dir, mma=mma, new_tokens=new_tokens, repeats=2)
+        rates = mma_and_causal_tokens_per_s(model_dir, new_tokens=new_tokens, repeats=6)
         mma_rate, causal_rate = statistics.median(rates[True]), statistics.median(rates[False])
         ratio = mma_rate / causal_rate
-        print(f"\n## vLLM, 8 concurrent requests x {new_tokens} tokens: generated tokens/s")
+        print(
+            f"\n## vLLM, 8 concurrent requests x {new_tokens} tokens: generated tokens/s (one engine, alternating)"
+        )
         print(f"  MMA    {mma_rate:8.1f}   (runs: {', '.join(f'{r:.1f}' for r in rates[True])})")
         print(f"  causal {causal_rate:8.1f}   (runs: {', '.join(f'{r:.1f}' for r in rates[False])})")
+        print(f"  answers that MMA changed: {rates['changed']} of {len(QUESTIONS)}")
         verdict = "PASS" if ratio >= TARGET_MMA_OVER_CAUSAL else "FAIL"
         print(
             f"RATIO vLLM MMA / vLLM causal tokens/s: {ratio:.3f}  [target >= {TARGET_MMA_OVER_CAUSAL}: {verdict}]"
         )
 
-        servers = {
-            engine: measure_server(
-                model_dir, engine, new_tokens=new_tokens, long_tokens=long_tokens, rounds=2
-            )
-            for engine in ("aki", "vllm")
-        }
+        servers = measure_servers(model_dir, new_tokens=new_tokens, long_tokens=long_tokens, rounds=2)
     print(f"\n## aki serve (aki's engine) and aki serve --engine vllm, MMA, {new_tokens}-token answers")
     for engine, figures in servers.items():
         print(
@@ -339,6 +351,9 @@ def main() -> None:
     print(f"CHECK the two servers give the same answers: {'PASS' if same else 'FAIL'}")
     summary = {"mma_over_causal": ratio, "mma_tokens_per_s": mma_rate, "causal_tokens_per_s": causal_rate}
     summary |= {engine: {k: v for k, v in f.items() if k != "answers"} for engine, f in servers.items()}
+    print(
+        f"# load average at the end {os.getloadavg()[0]:.2f} (other work on the machine shares its 2 cores)"
+    )
     print("JSON " + json.dumps(summary))
 
 

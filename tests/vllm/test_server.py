@@ -7,8 +7,6 @@ must equal the answer to the same request sent alone, and the first one aki's ow
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import socket
 import subprocess
@@ -18,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from vllm_helpers import VLLM_MISSING, noise
+from vllm_helpers import VLLM_MISSING, data_url, noise
 
 pytest.importorskip("vllm.entrypoints.llm", reason=VLLM_MISSING)
 
@@ -33,12 +31,6 @@ pytestmark = pytest.mark.vllm
 
 START_TIMEOUT_S = 300
 QUESTIONS = ["What is this?", "What color is it? Describe the image.", "Which shape is on the left?"]
-
-
-def data_url(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def messages(index: int) -> list[dict]:

@@ -20,11 +20,12 @@ class MmaRuntime:
     def __init__(self, language_model: nn.Module, headers: MmaHeaders | None) -> None:
         self.headers = headers
         self.layer_names = enable_mma_attention(language_model) if headers is not None else []
+        self.active = True  # False: the same engine attends causally (what benchmarks compare against)
         self._embedded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def enabled(self) -> bool:
-        return bool(self.layer_names)
+        return bool(self.layer_names) and self.active
 
     def note_embedding(self, input_ids: torch.Tensor, is_multimodal: torch.Tensor | None) -> None:
         """Remember which positions of the step vLLM fills with media embeddings (``embed_input_ids``)."""
