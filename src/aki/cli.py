@@ -99,8 +99,35 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+# What each optional dependency is installed with (pyproject.toml's extras).
+EXTRAS = {
+    "accelerate": "train",
+    "peft": "train",
+    "tensorboard": "train",
+    "webdataset": "train",
+    "matplotlib": "train,eval",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "gradio": "serve",
+    "httpx": "serve",
+}
+
+
 def main() -> None:
-    app()
+    """The ``aki`` entry point: the app, with a missing optional dependency named with the extra to install."""
+    try:
+        app()
+    except ModuleNotFoundError as error:
+        root = (error.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        typer.secho(
+            f"error: this command needs {root!r}, which the core install leaves out: "
+            f'pip install "aki[{EXTRAS[root]}]"',
+            err=True,
+            fg="red",
+        )
+        raise SystemExit(1) from error
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, LlamaModel, PreTrainedModel
 from transformers.integrations.flex_attention import flex_attention_forward
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import (
@@ -52,7 +52,14 @@ from transformers.masking_utils import (
 
 from .mma import MmaLayout, Role, mma_layout, roles_from_labels
 
-__all__ = ["MMA_IMPLEMENTATIONS", "disable_mma", "enable_mma", "is_mma_enabled", "mma_context"]
+__all__ = [
+    "CACHE_KWARG",
+    "MMA_IMPLEMENTATIONS",
+    "disable_mma",
+    "enable_mma",
+    "is_mma_enabled",
+    "mma_context",
+]
 
 _LAYOUT: contextvars.ContextVar[MmaLayout | None] = contextvars.ContextVar("aki_mma_layout", default=None)
 
@@ -69,6 +76,9 @@ _PLAIN_IMPLEMENTATIONS = {mma: plain for plain, mma in MMA_IMPLEMENTATIONS.items
 # Up to this many keys, aki_mma_sdpa gives SDPA one dense MMA mask; above it, causal SDPA plus the media-row
 # patch (measured on 2 CPU cores: at L=512 dense 1.03x causal vs patch 1.05x; at L=2048 patch 1.00x).
 SDPA_DENSE_MASK_MAX_KEYS = 512
+# The keyword under which transformers' models take and return the KV cache: `cache` from 5.24 (where
+# `past_key_values` is deprecated), `past_key_values` before. aki passes it under this name and reads both.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 # Config attributes under which Hugging Face models name their media placeholder tokens.
 _MEDIA_TOKEN_ATTRIBUTES = (
     "image_token_id",

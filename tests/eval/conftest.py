@@ -18,7 +18,6 @@ import torch
 
 from aki.eval.benchmarks import CHOICE_INSTRUCTION, SHORT_ANSWER_INSTRUCTION
 from aki.models import AkiForConditionalGeneration, AkiProcessor, aki_tiny, tiny_tokenizer
-from aki.models.aki.builders import TINY_LLAMA
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -54,7 +53,7 @@ def random_aki(tmp_path_factory, tokenizer) -> SavedAki:
     torch.manual_seed(0)
     # A larger init than Llama's 0.02: the image's effect on later tokens (what MMA changes) is then well above
     # float noise, so a test can tell MMA from causal by a log-likelihood.
-    config = aki_tiny(tokenizer, text_config={**TINY_LLAMA, "initializer_range": 0.2})
+    config = aki_tiny(tokenizer, text_init_std=0.2)
     model = AkiForConditionalGeneration(config).eval()
     return _save(model, tokenizer, tmp_path_factory.mktemp("random_aki"))
 

@@ -11,10 +11,12 @@ from typer.testing import CliRunner
 
 from aki.eval.cli import app
 from aki.eval.scorers import (
+    answers_match,
     assign_ids,
     compare_results,
     extract_choice,
     extract_yes_no,
+    normalise_answer,
     predictions_from_records,
     read_predictions,
     score,
@@ -547,3 +549,13 @@ def test_cli_compare_refuses_different_benchmarks(tmp_path) -> None:
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert result.exit_code == 1
     assert "different benchmarks" in result.output
+
+
+def test_free_form_answers_match_blind_to_case_and_surrounding_punctuation_only() -> None:
+    assert normalise_answer(" Red.") == "red"
+    assert normalise_answer("(A)") == "(a)"
+    assert normalise_answer("right (B).") == normalise_answer("Right (B)") == "right (b)"
+    assert not answers_match("right (B", "right (B)")
+    assert normalise_answer("yes  no") == "yes no"
+    assert not answers_match("red circle", "red")
+    assert answers_match("Red!", "red")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aki.integration import CACHE_KWARG
 from aki.mma import Role, parse_layout
 
 from .tiny import (
@@ -135,7 +136,8 @@ def test_manual_decoding_with_a_cache_takes_the_prompt_roles(name):
     with torch.no_grad():
         prefill = model(input_ids=input_ids, mma_roles=roles, use_cache=True)
         next_token = prefill.logits[:, -1].argmax(-1, keepdim=True)
-        step = model(input_ids=next_token, mma_roles=roles, cache=prefill.cache, use_cache=True)
+        cache = {CACHE_KWARG: prefill[CACHE_KWARG]}  # `cache` (transformers >= 5.24) or `past_key_values`
+        step = model(input_ids=next_token, mma_roles=roles, use_cache=True, **cache)
     full = logits(model, dict(input_ids=torch.cat([input_ids, next_token], 1)), roles)
     torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=0)
 
@@ -153,6 +155,7 @@ def test_chunked_prefill_equals_one_forward(name, implementation):
     full = logits(model, dict(input_ids=input_ids), roles)
     with torch.no_grad():
         first = model(input_ids=input_ids[:, :8], mma_roles=roles[:, :8], use_cache=True)
-        second = model(input_ids=input_ids[:, 8:], mma_roles=roles, cache=first.cache, use_cache=True)
+        cache = {CACHE_KWARG: first[CACHE_KWARG]}
+        second = model(input_ids=input_ids[:, 8:], mma_roles=roles, use_cache=True, **cache)
     torch.testing.assert_close(second.logits, full[:, 8:], atol=1e-5, rtol=0)
     assert (full[:, 9:11] - logits(build(name), dict(input_ids=input_ids))[:, 9:11]).abs().max() > 1e-3

@@ -12,7 +12,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
 
 from aki.models import AkiConfig, AkiForConditionalGeneration, AkiProcessor, aki_tiny, convert_reference
-from aki.models.aki.convert import _resolve_config
+from aki.models.aki.convert import load_reference, resolve_config
 
 BASE_TOKENS = [
     "<unk>",
@@ -119,7 +119,7 @@ def logits(model, processor):
 
 def test_reference_layout_loads_losslessly(release):
     directory, original, tokenizer, initial_len = release
-    loaded = AkiForConditionalGeneration.from_reference(directory)
+    loaded = load_reference(directory)[0]
     assert loaded.config.media_token_id == tokenizer.convert_tokens_to_ids("<image>") == initial_len
     assert loaded.config.text_config.vocab_size == initial_len + 2
     before, after = original.state_dict(), loaded.state_dict()
@@ -142,15 +142,13 @@ def test_convert_reference_writes_a_normal_hugging_face_directory(release, tmp_p
 
 def test_an_explicit_config_must_match_the_tokenizer(release):
     directory, original, *_ = release
-    loaded = AkiForConditionalGeneration.from_reference(
-        directory, config=AkiConfig(**original.config.to_dict())
-    )
+    loaded = load_reference(directory, config=AkiConfig(**original.config.to_dict()))[0]
     assert torch.equal(loaded.resampler.latents, original.resampler.latents)
     wrong = aki_tiny(vocab_size=40, media_token_id=3)
     with pytest.raises(
         ValueError, match=r"given config \(vocab 40, media_token_id 3\) does not match .* \(vocab 19"
     ):
-        AkiForConditionalGeneration.from_reference(directory, config=wrong)
+        load_reference(directory, config=wrong)[0]
 
 
 def test_missing_unexpected_and_mis_shaped_keys_are_all_listed(release):
@@ -163,7 +161,7 @@ def test_missing_unexpected_and_mis_shaped_keys_are_all_listed(release):
     state["vision_tokenizer.latents"] = torch.zeros(5, 32)
     save_file(state, directory / "model.safetensors")
     with pytest.raises(ValueError) as error:
-        AkiForConditionalGeneration.from_reference(directory)
+        load_reference(directory)[0]
     message = str(error.value)
     assert "1 missing keys:\n    resampler.norm.weight" in message
     assert "1 unexpected keys:\n    resampler.extra_scale" in message
@@ -180,7 +178,7 @@ def test_decoupled_rows_must_cover_the_initial_vocabulary(release):
     with pytest.raises(
         ValueError, match=r"cannot fold lang_model.lm_head.additional_fc.weight|cannot fold .*lm_head"
     ):
-        AkiForConditionalGeneration.from_reference(directory)
+        load_reference(directory)[0]
 
 
 def test_unknown_backbones_need_an_explicit_config(release):
@@ -189,7 +187,7 @@ def test_unknown_backbones_need_an_explicit_config(release):
     arguments["lang_model_path"] = "someone/unknown-model"
     (directory / "config.json").write_text(json.dumps(arguments))
     with pytest.raises(ValueError, match=r"lang_model_path='someone/unknown-model'.*pass config="):
-        AkiForConditionalGeneration.from_reference(directory)
+        load_reference(directory)[0]
 
 
 def test_released_backbone_names_give_the_4b_architecture_with_tokenizer_ids():
@@ -200,7 +198,7 @@ def test_released_backbone_names_give_the_4b_architecture_with_tokenizer_ids():
         "initial_tokenizer_len": initial_len,
         "num_vision_tokens": 144,
     }
-    config = _resolve_config(arguments, tokenizer, None)
+    config = resolve_config(arguments, tokenizer, None)
     assert (config.vision_config.hidden_size, config.text_config.hidden_size, config.num_latents) == (
         1152,
         3072,

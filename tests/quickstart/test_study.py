@@ -9,29 +9,20 @@ study reports what it measures.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 
 import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from typer.testing import CliRunner
 
 from aki.data.synthetic import Family, chance_level
+from aki.eval.scorers import answers_match
 from aki.integration import is_mma_enabled
 from aki.models.aki import chat_template
 from aki.quickstart.cli import app
-from aki.quickstart.presets import get_preset
+from aki.quickstart.presets import STAGES, get_preset
 from aki.quickstart.report import RESULTS_SCHEMA, RUN_KEYS
-from aki.quickstart.study import (
-    FAMILIES,
-    StudyOptions,
-    evaluate,
-    normalise,
-    read_test,
-    train_config,
-    training_plan,
-)
+from aki.quickstart.study import FAMILIES, StudyOptions, evaluate, read_test, training_plan
 
 CHAT_TEMPLATE = chat_template("")  # the quickstart's: an empty system turn
 
@@ -93,13 +84,13 @@ def test_saved_models_reload_and_answer_as_reported(study):
         predictions = [
             json.loads(line) for line in (out / run["model_dir"] / "test_predictions.jsonl").open()
         ]
-        assert [normalise(p["prediction"]) == normalise(p["answer"]) for p in predictions] == right
+        assert [answers_match(p["prediction"], p["answer"]) for p in predictions] == right
 
 
 def test_results_json_schema(study):
     _, _, results = study
     assert set(results) == set(RESULTS_SCHEMA)
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     assert results["families"] == [family.value for family in Family]
     assert results["chance"] == pytest.approx(
         {**{f.value: chance_level(f) for f in Family}, "overall": sum(chance_level(f) for f in Family) / 6}
@@ -114,10 +105,10 @@ def test_results_json_schema(study):
     assert len(results["runs"]) == 2
     for run in results["runs"]:
         assert set(run) == set(RUN_KEYS)
-        smoke = get_preset("smoke")
-        assert len(run["losses"]) == smoke.sft_steps  # curriculum and mixed fine-tuning steps
-        assert len(run["pretrain_losses"]) == smoke.pretrain_steps
-        assert len(run["vision_losses"]) == smoke.vision_steps
+        steps = {stage: get_preset("smoke").config(stage).steps for stage in STAGES}
+        assert len(run["losses"]) == steps["sft_curriculum"] + steps["sft"]
+        assert len(run["pretrain_losses"]) == steps["pretrain"]
+        assert len(run["vision_losses"]) == steps["vision"]
         assert run["total"] == {**dict.fromkeys(FAMILIES, 2), "overall": 12}
         for family, correct in run["correct"].items():
             assert run["accuracy"][family] == correct / run["total"][family]
@@ -139,89 +130,71 @@ def test_each_arm_fine_tunes_on_the_curriculum_families_first_then_on_every_fami
         assert {json.loads(line)["family"] for line in family_lines} <= {family}
     for arm in ("causal", "mma"):
         plan = training_plan(arm, smoke)
-        assert [(stage.name, stage.families) for stage in plan] == [
-            (f"sft_{arm}_curriculum", smoke.curriculum_families),
-            (f"sft_{arm}", ()),
+        assert [(stage.name, stage.config) for stage in plan] == [
+            (f"sft_{arm}_curriculum", "sft_curriculum"),
+            (f"sft_{arm}", "sft"),
         ]
         for stage in plan:
             history = (out / "work" / stage.name / "history.jsonl").read_text().splitlines()
-            assert len(history) == stage.steps
-        config = train_config(
-            "sft", smoke, output_dir=out, init=out, seed=0, steps=1, data=data, families=("spatial",)
-        )
-        assert [source.path for source in config.data.sources] == [str(data / "train_spatial.jsonl")]
+            assert len(history) == smoke.config(stage.config).steps
+            written = (out / "work" / stage.name / "config.yaml").read_text()
+            assert f"root: {data}" in written and f"attention: {arm}" in written
+    curriculum = smoke.config("sft_curriculum").data.sources
+    assert [(source.name, source.path) for source in curriculum] == [("spatial", "train_spatial.jsonl")]
 
 
-def test_fine_tuning_mixes_the_families_by_the_preset_weights(tmp_path):
-    preset = get_preset("default")
-    assert preset.family_weight("multiple_choice") == 3.0 and preset.family_weight("spatial") == 1.0
-    config = train_config("sft", preset, output_dir=tmp_path, init=tmp_path, seed=0, steps=1, data=tmp_path)
-    assert [(source.name, source.path, source.weight) for source in config.data.sources] == [
-        (family, str(tmp_path / f"train_{family}.jsonl"), 3.0 if family == "multiple_choice" else 1.0)
-        for family in FAMILIES
-    ]
-    even = dataclasses.replace(preset, family_weights=())
-    config = train_config("sft", even, output_dir=tmp_path, init=tmp_path, seed=0, steps=1, data=tmp_path)
-    assert {source.weight for source in config.data.sources} == {1.0}
+def test_fine_tuning_mixes_the_families_multiple_choice_weighted_three_to_one():
+    for preset in ("default", "smoke", "gpu"):
+        sources = get_preset(preset).config("sft").data.sources
+        assert [(source.name, source.path, source.weight) for source in sources] == [
+            (family, f"train_{family}.jsonl", 3.0 if family == "multiple_choice" else 1.0)
+            for family in FAMILIES
+        ]
 
 
-def test_fine_tuning_takes_its_own_batch_size_and_the_stages_before_it_theirs(tmp_path):
-    preset = dataclasses.replace(get_preset("default"), batch_size=32, sft_batch_size=16)
-    common = {"output_dir": tmp_path, "init": tmp_path, "seed": 0, "steps": 1, "data": tmp_path}
-    assert train_config("pretrain", preset, **common).batch_size == 32
-    assert train_config("sft", preset, **common).batch_size == 16
+def test_fine_tuning_takes_smaller_batches_than_the_stages_before_it():
+    default = get_preset("default")
+    assert {stage: default.config(stage).batch_size for stage in STAGES} == {
+        "vision": 32,
+        "pretrain": 32,
+        "sft_curriculum": 16,
+        "sft": 16,
+    }
 
 
 def test_the_training_plan_spends_the_same_fine_tuning_steps_on_every_arm():
     preset = get_preset("default")
-    assert preset.curriculum_families == ("spatial",) and 0 < preset.curriculum_steps < preset.sft_steps
+    steps = {stage: preset.config(stage).steps for stage in STAGES}
+    assert steps == {"vision": 1500, "pretrain": 600, "sft_curriculum": 800, "sft": 3200}
     for arm in ("causal", "mma", "dot"):
-        plan = training_plan(arm, preset)
-        assert sum(stage.steps for stage in plan if stage.recipe == "sft") == preset.sft_steps
-        curriculum = [stage for stage in plan if stage.families]
-        assert [(stage.steps, stage.families) for stage in curriculum] == [
-            (preset.curriculum_steps, preset.curriculum_families)
-        ]
-    dot = training_plan("dot", preset)
-    assert [stage.order for stage in dot] == [
-        "text_first",
-        "image_first",
-        "image_first",
-        "text_first",
-        "image_first",
+        configs = [preset.config(stage.config, stage.overrides) for stage in training_plan(arm, preset)]
+        assert sum(config.steps for config in configs if config.stage == "sft") == 4000
+        assert {config.model.attention for config in configs} == {"causal" if arm == "dot" else arm}
+    dot = [preset.config(stage.config, stage.overrides) for stage in training_plan("dot", preset)]
+    assert [(config.stage, config.steps, config.data.order) for config in dot] == [
+        ("pretrain", 300, "text_first"),
+        ("pretrain", 300, "image_first"),
+        ("sft", 800, "image_first"),
+        ("sft", 1600, "text_first"),
+        ("sft", 1600, "image_first"),
     ]
-    assert sum(stage.steps for stage in dot if stage.recipe == "pretrain") == preset.pretrain_steps
-    no_curriculum = dataclasses.replace(preset, curriculum_steps=0)
-    assert [stage.name for stage in training_plan("mma", no_curriculum)] == ["sft_mma"]
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        (
-            {"sft_steps": 300, "curriculum_steps": 300},
-            "curriculum_steps must be in [0, sft_steps=300), got 300",
-        ),
-        ({"curriculum_steps": -1}, "curriculum_steps must be in [0, sft_steps="),
-        ({"curriculum_families": ("geometry",)}, "curriculum_families must name question families"),
-        ({"curriculum_families": ()}, "curriculum_families must name question families"),
-        ({"family_weights": (("ocr", 2.0),)}, "family_weights must give question families"),
-        ({"family_weights": (("spatial", 0.0),)}, "family_weights must give question families"),
-        ({"sft_batch_size": 0}, "these sizes must be >= 1: {'sft_batch_size': 0}"),
-    ],
-)
-def test_a_curriculum_or_mix_that_cannot_run_is_refused_by_name(changes, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        dataclasses.replace(get_preset("default"), **changes)
-
-
-def test_normalise_is_case_and_punctuation_blind_only():
-    assert normalise(" Red.") == "red"
-    assert normalise("(A)") == "(a)"
-    assert normalise("right (B).") == normalise("Right (B)") == "right (b)"
-    assert normalise("right (B") != normalise("right (B)")
-    assert normalise("yes  no") == "yes no"
-    assert normalise("red circle") != normalise("red")
+def test_every_preset_stage_is_a_config_the_recipes_accept():
+    for name in ("default", "smoke", "gpu"):
+        preset = get_preset(name)
+        vision = preset.config("vision")
+        assert (vision.stage, vision.model.builder, vision.model.tokenizer) == (
+            "vision",
+            "aki_sized",
+            "synthetic",
+        )
+        for stage in ("pretrain", "sft_curriculum", "sft"):
+            config = preset.config(stage)
+            assert config.model.tokenizer is None  # the processor saved by the vision stage, all the way
+            assert config.model.train_vision_tower is False and config.data.max_length == 256
+    with pytest.raises(ValueError, match="unknown quickstart stage 'dpo'"):
+        get_preset("default").config("dpo")
 
 
 def test_aki_quickstart_is_a_command_of_aki():

@@ -12,7 +12,6 @@ from serve_helpers import TEXTS
 
 from aki.generation import load_model
 from aki.models import AkiForConditionalGeneration, AkiProcessor, aki_tiny, tiny_tokenizer
-from aki.models.aki.builders import TINY_LLAMA
 from aki.serve import Engine, Limits
 
 
@@ -24,7 +23,7 @@ def model_dir(tmp_path_factory):
     not end early and MMA changes them, so tests can tell MMA from causal by the answer text alone.
     """
     tokenizer = tiny_tokenizer(TEXTS)
-    config = aki_tiny(tokenizer, text_config={**TINY_LLAMA, "initializer_range": 0.3})
+    config = aki_tiny(tokenizer, text_init_std=0.3)
     torch.manual_seed(55)
     model = AkiForConditionalGeneration(config).eval()
     path = tmp_path_factory.mktemp("aki-tiny")

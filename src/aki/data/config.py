@@ -41,9 +41,11 @@ class DataConfig:
       with a message naming it.
     * ``num_workers``: DataLoader worker processes per rank (0: in the training process).
     * ``shuffle``: visit each map-style source in a seeded random order per epoch (else in stored order).
+    * ``root``: the folder that relative source paths are read from (None: the working directory).
     """
 
     sources: list[SourceConfig] = field(default_factory=list)
+    root: str | None = None
     max_length: int = 128
     order: Order = "image_first"
     flip_probability: float = 0.0

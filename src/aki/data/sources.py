@@ -18,6 +18,7 @@ Formats (``format:`` of a source in the YAML config):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -233,8 +234,10 @@ class ShardSource:
                 yield RawSample(sample_id, (image,), caption=caption)
 
 
-def open_source(config: SourceConfig) -> IndexedSource | ShardSource:
-    """The reader of one configured source (see the module docstring for the formats)."""
+def open_source(config: SourceConfig, root: str | Path | None = None) -> IndexedSource | ShardSource:
+    """The reader of one configured source (see the module docstring for the formats); a relative ``path`` is
+    read from ``root`` when given.
+    """
     if config.format == "synthetic":
         return SyntheticScenes(
             size=config.size,
@@ -245,6 +248,8 @@ def open_source(config: SourceConfig) -> IndexedSource | ShardSource:
         )
     if not config.path:
         raise ValueError(f"a {config.format!r} source needs a path")
+    if root is not None and not Path(config.path).is_absolute():
+        config = dataclasses.replace(config, path=str(Path(root) / config.path))
     if config.format == "webdataset":
         return ShardSource(config.path, name=config.name)
     if config.format == "folder":

@@ -78,6 +78,7 @@ __all__ = [
     "MME_PERCEPTION",
     "MetricComparison",
     "Parsed",
+    "answers_match",
     "assign_ids",
     "benchmark_name",
     "compare_results",
@@ -86,6 +87,7 @@ __all__ = [
     "extract_yes_no",
     "is_blank",
     "load_results",
+    "normalise_answer",
     "predictions_from_records",
     "read_predictions",
     "score",
@@ -193,6 +195,25 @@ def extract_yes_no(text: str) -> Parsed:
     if words and words[0] in ("yes", "no"):
         return Parsed(words[0], None)
     return Parsed(None, NOT_YES_NO)
+
+
+_ANSWER_PUNCTUATION = " \t\r\n.,;:!?\"'"
+
+
+def normalise_answer(text: str) -> str:
+    """A free-form answer as exact match compares it: lower case, surrounding punctuation (not brackets) and
+    spaces stripped, inner spaces collapsed.
+
+    Example:
+        >>> normalise_answer(" Right (B).")
+        'right (b)'
+    """
+    return " ".join(text.strip(_ANSWER_PUNCTUATION).lower().split())
+
+
+def answers_match(prediction: str, answer: str) -> bool:
+    """Normalised exact match (:func:`normalise_answer`) of a free-form prediction and its reference."""
+    return normalise_answer(prediction) == normalise_answer(answer)
 
 
 # ----------------------------------------------------------------------------- reading files

@@ -26,9 +26,9 @@ _T_975 += (2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 # Keys of results.json and what they hold; tests check a written file against it.
 RESULTS_SCHEMA: dict[str, str] = {
-    "schema_version": "int, 1",
+    "schema_version": "int, 2",
     "question": "str, the question the study answers",
-    "preset": "dict, the Preset's fields (model sizes, data, steps, learning rates)",
+    "preset": "dict: name, train_samples, test_per_family, eval_batch_size, stages (each stage's resolved config)",
     "options": "dict: seeds (list[int]), latents (list[int]), include_dot (bool), threads (int)",
     "data": "dict: train_samples, test_samples, test_per_family, image_size, data_seed, directory",
     "families": "list[str], the question families in table order",

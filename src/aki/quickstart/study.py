@@ -1,24 +1,22 @@
 """The quickstart study: does Modality-Mutual Attention beat causal attention on a tiny AKI, honestly measured?
 
-One call of :func:`run_study` does the whole run, with nothing downloaded:
+A short driver over the public recipes. For every visual token budget and seed it runs the preset's stage
+configs (:mod:`aki.quickstart.presets`) with :func:`aki.train.run`, the path a user takes by hand:
 
-1. writes the synthetic spatial-VQA data (:mod:`aki.data.synthetic`): training questions with their scenes'
-   captions, and a test split of ``test_per_family`` questions per family (scenes disjoint from training);
-2. trains a word-level tokenizer on the synthetic vocabulary (:mod:`aki.quickstart.tokenizer`) and builds a tiny
-   AKI (:mod:`aki.quickstart.presets`) with a seeded random initialisation, whose vision tower is then trained
-   alone to name what every patch shows (:mod:`aki.quickstart.vision`: the stand-in for a pre-trained SigLIP);
-3. pre-trains it on the captions (causal: captions are RESPONSE) with :func:`aki.train.run_pretrain`, the tower
-   frozen from here on as in the paper;
-4. fine-tunes two models from that checkpoint with :func:`aki.train.run_sft`, same seed, same data order,
-   differing only in ``model.attention``: ``causal`` and ``mma`` (with ``include_dot``, a third arm trained with
-   the paper's dual-order training, causal); the arms run side by side, one process and one core each;
-5. reloads every final model with ``from_pretrained`` and answers every test question by batched greedy
-   generation in the chat template; an answer is right if it equals the reference after :func:`normalise`;
-6. writes ``results.json``, ``accuracy.png``, ``curves.png`` and ``mask.png`` (the MMA mask of one test sample).
+1. writes the synthetic spatial-VQA data once (:mod:`aki.data.synthetic`): training questions, their scenes'
+   captions, one file of questions per family, and a test split of ``test_per_family`` questions per family
+   from scenes no training sample shows;
+2. ``vision``: a fresh tiny AKI whose vision tower alone learns to name what every patch shows;
+3. ``pretrain``: captions, causal (captions are RESPONSE), the tower frozen from here on, as in the paper;
+4. two arms from that checkpoint, same seed, same data order, differing only in ``model.attention``: causal
+   and MMA (``sft_curriculum`` then ``sft``; with ``include_dot`` a third arm trained with the paper's
+   dual-order training, causal), side by side, one process and one core each;
+5. every final model reloaded (:class:`aki.generation.Runner`) answers every test question greedily; an answer
+   is right under normalised exact match (:func:`aki.eval.scorers.answers_match`), the same rule for every arm;
+6. ``results.json``, ``accuracy.png``, ``curves.png`` and ``mask.png`` (the MMA mask of one test question).
 
 The models are normal Hugging Face directories: ``pretrained/``, ``causal/`` and ``mma/`` (and ``dot/``) in the
-output directory for the first seed and visual token budget, ``runs/latents<K>_seed<S>/`` for the others. The
-evaluation is fixed before any training and is the same for every arm.
+output directory for the first seed and budget, ``runs/latents<K>_seed<S>/`` for the others.
 
 Example:
     >>> results = run_study(StudyOptions(preset=get_preset("smoke"), output_dir=Path("out")))  # doctest: +SKIP
@@ -28,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -46,24 +43,21 @@ import transformers
 from PIL import Image
 
 from ..data import synthetic
-from ..data.config import DataConfig, SourceConfig
+from ..eval.scorers import answers_match
 from ..generation import Prompt, Runner, SamplingParams, default_device
 from ..mma import mma_mask
-from ..models.aki import AkiForConditionalGeneration, AkiProcessor, chat_template
-from ..train import TrainResult, run_pretrain, run_sft
-from ..train.config import CheckpointConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
+from ..models.aki import AkiProcessor
+from ..train import TrainResult, run
 from ..viz import save_mask_png
-from . import report, vision
-from .presets import Preset, build_config, get_preset
+from . import report
+from .presets import Preset, get_preset
 
 QUESTION = (
     "Does Modality-Mutual Attention beat causal attention, trained on the same data from the same start?"
 )
 FAMILIES = [family.value for family in synthetic.Family]
-MAX_LENGTH = 256  # tokens per training sample, images expanded: every synthetic sample fits
 # The longest reference answer ("white circle (B)") is 5 tokens: room for a longer, wrong one to show.
 MAX_NEW_TOKENS = 8
-_PUNCTUATION = " \t\r\n.,;:!?\"'"
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,8 @@ class StudyOptions:
 
     @property
     def budgets(self) -> list[int]:
-        return list(dict.fromkeys(self.latents)) or [self.preset.model.num_latents]
+        default = self.preset.config("vision").model.builder_args["num_latents"]
+        return list(dict.fromkeys(self.latents)) or [default]
 
     @property
     def arms(self) -> list[str]:
@@ -113,22 +108,14 @@ class StudyOptions:
         return self.threads * self.parallel_arms
 
 
-@dataclass(frozen=True)
-class TestQuestion:
+class TestQuestion(NamedTuple):
     """One test question as the study scores it."""
 
     id: str
     family: str
     question: str
     answer: str
-    image: Image.Image = field(repr=False)
-
-
-def normalise(text: str) -> str:
-    """Lower case, surrounding punctuation (not brackets) and spaces stripped, inner spaces collapsed:
-    ``" Red."`` -> ``"red"``, ``"Right (B)."`` -> ``"right (b)"``.
-    """
-    return " ".join(text.strip(_PUNCTUATION).lower().split())
+    image: Image.Image
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,75 +135,41 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
             data = write_data(out / "data", preset, seed=options.data_seed)
             test = read_test(data)
             progress.finish()
-        with timings("vision"):
-            images, targets = read_vision_data(data, preset)
-        tokenizer = synthetic.tokenizer()
         for latents in options.budgets:
             for seed in range(options.seeds):
                 first = (latents, seed) == (options.budgets[0], 0)
                 root = out if first else out / "runs" / f"latents{latents}_seed{seed}"
                 label = f"seed {seed}, {latents} visual tokens"
-                work = _fresh(root / "work")
+                job = ArmJob("", root, preset, seed, latents, data, options.threads)
+                _fresh(job.work)
                 with timings("vision"):
-                    progress.start(f"training the vision tower ({label})", total=preset.vision_steps)
-                    init, vision_losses = initialise(
-                        work / "init",
-                        preset,
-                        latents=latents,
-                        tokenizer=tokenizer,
-                        seed=seed,
-                        images=images,
-                        targets=targets,
-                        on_step=lambda step, loss: progress.advance(),
-                    )
-                    progress.finish()
+                    vision = _stage(job, progress, "vision", f"training the vision tower ({label})")
                 with timings("pretrain"):
-                    progress.start(f"pre-training ({label})", total=preset.pretrain_steps)
-                    with _follow_each({"": [work / "pretrain" / "history.jsonl"]}, progress.advance):
-                        pretrained = _run_stage(
-                            "pretrain",
-                            preset,
-                            work=work,
-                            name="pretrain",
-                            init=init,
-                            seed=seed,
-                            data=data,
-                            steps=preset.pretrain_steps,
-                        )
-                    _publish(pretrained.final_dir, root / "pretrained")
-                    progress.finish()
-                jobs = [
-                    ArmJob(
-                        arm=arm,
-                        root=root,
-                        preset=preset,
-                        seed=seed,
-                        init=init,
-                        data=data,
-                        threads=options.threads,
+                    pretrained = _stage(
+                        job, progress, "pretrain", f"pre-training ({label})", init=vision.final_dir
                     )
-                    for arm in options.arms
-                ]
+                    _publish(pretrained.final_dir, root / "pretrained")
+                arm_jobs = [job._replace(arm=arm) for arm in options.arms]
                 with timings("fine_tune_and_evaluate"):
-                    for job, done in zip(
-                        jobs, _run_arms(jobs, options.parallel_arms, progress, label), strict=True
+                    for arm, done in zip(
+                        options.arms, _run_arms(arm_jobs, options.parallel_arms, progress, label), strict=True
                     ):
-                        outcomes[latents, seed, job.arm] = _by_family(test, done.right)
+                        outcomes[latents, seed, arm] = _by_family(test, done.right)
                         runs.append(
                             _run_record(
                                 latents,
                                 seed,
                                 done,
-                                outcomes[latents, seed, job.arm],
+                                outcomes[latents, seed, arm],
                                 pretrain_losses=pretrained.losses,
-                                vision_losses=vision_losses,
+                                vision_losses=vision.losses,
                                 out=out,
                             )
                         )
         chance = {family: synthetic.chance_level(family) for family in FAMILIES}
         chance[report.OVERALL] = sum(chance.values()) / len(chance)
         results = {
-            "schema_version": 1,
+            "schema_version": 2,
             "question": QUESTION,
             "preset": preset.to_dict(),
             "options": {
@@ -231,7 +184,7 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
                 "train_samples": preset.train_samples,
                 "test_samples": len(test),
                 "test_per_family": preset.test_per_family,
-                "image_size": preset.model.image_size,
+                "image_size": image_size(preset),
                 "data_seed": options.data_seed,
                 "directory": "data",
             },
@@ -259,16 +212,19 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def write_data(directory: Path, preset: Preset, *, seed: int) -> Path:
-    """Write the training split (questions and captions) and the test split; reuse them if already written.
+def image_size(preset: Preset) -> int:
+    """The size the study draws its scenes at: the vision tower's input size."""
+    return preset.config("vision").model.builder_args["image_size"]
 
-    The test split has ``test_per_family`` questions per family (families take turns in the generator). The
-    training questions are also written one file per family, ``train_<family>.jsonl``: fine-tuning reads those.
+
+def write_data(directory: Path, preset: Preset, *, seed: int) -> Path:
+    """Write the training split (questions and captions), one question file per family (``train_<family>``,
+    what fine-tuning reads) and the test split; reuse them if already written with the same settings.
     """
     manifest = {
         "train": preset.train_samples,
         "test": preset.test_per_family * len(FAMILIES),
-        "image_size": preset.model.image_size,
+        "image_size": image_size(preset),
         "seed": seed,
         "per_family": True,
     }
@@ -282,169 +238,45 @@ def write_data(directory: Path, preset: Preset, *, seed: int) -> Path:
     for line in (directory / "train.jsonl").read_text().splitlines(keepends=True):
         by_family[json.loads(line)["family"]].append(line)
     for family, lines in by_family.items():
-        _family_file(directory, family).write_text("".join(lines))
+        (directory / f"train_{family}.jsonl").write_text("".join(lines))
     manifest_file.write_text(json.dumps(manifest))
     return directory
 
 
-def _family_file(directory: Path, family: str) -> Path:
-    return directory / f"train_{family}.jsonl"
-
-
-def read_split(directory: Path, split: str) -> Iterator[tuple[dict[str, Any], Image.Image]]:
-    """The records of a written split with their images decoded (RGB), in file order."""
-    for line in (directory / f"{split}.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        with Image.open(directory / record["image"]) as image:
-            yield record, image.convert("RGB")
-
-
 def read_test(directory: Path) -> list[TestQuestion]:
-    """The test questions of a data directory, images decoded, in file order."""
+    """The test questions of a data directory, images decoded (RGB), in file order."""
     questions = []
-    for record, image in read_split(directory, "test"):
+    for line in (directory / "test.jsonl").read_text().splitlines():
+        record = json.loads(line)
         human, answer = (turn["value"] for turn in record["conversations"])
-        questions.append(
-            TestQuestion(
-                id=record["id"],
-                family=record["family"],
-                question=human.replace("<image>", "").strip(),
-                answer=answer,
-                image=image,
-            )
-        )
+        with Image.open(directory / record["image"]) as image:
+            rgb = image.convert("RGB")
+        question = human.replace("<image>", "").strip()
+        questions.append(TestQuestion(record["id"], record["family"], question, answer, rgb))
     return questions
 
 
-def read_vision_data(directory: Path, preset: Preset) -> tuple[list[Image.Image], torch.Tensor]:
-    """The training images and their per-patch targets (:func:`~aki.quickstart.vision.patch_targets`), read
-    once per study: every (budget, seed) trains its own tower on them.
-    """
-    images, targets = [], []
-    size = preset.model
-    for record, image in read_split(directory, "train"):
-        scene = synthetic.Scene.from_dict(record["scene"])
-        targets.append(vision.patch_targets(scene, image_size=size.image_size, patch_size=size.patch_size))
-        images.append(image)
-    return images, torch.stack(targets)
-
-
 # --------------------------------------------------------------------------------------------------
-# Training
+# Training: the preset's stage configs, run by the public recipes
 # --------------------------------------------------------------------------------------------------
 
 
-def initialise(
-    directory: Path,
-    preset: Preset,
-    *,
-    latents: int,
-    tokenizer: Any,
-    seed: int,
-    images: Sequence[Image.Image],
-    targets: torch.Tensor,
-    on_step: Callable[[int, float], Any] | None = None,
-) -> tuple[Path, list[float]]:
-    """Build the tiny AKI with a seeded random initialisation, train its vision tower alone on ``images`` and
-    their ``targets`` (:func:`read_vision_data`, :func:`~aki.quickstart.vision.pretrain_vision_tower`) and save
-    it with its processor; the directory and the tower's losses.
-    """
-    config = build_config(tokenizer, dataclasses.replace(preset.model, num_latents=latents))
-    transformers.set_seed(seed)
-    model = AkiForConditionalGeneration(config)
-    processor = AkiProcessor.for_model(config, tokenizer, chat_template=chat_template(""))
-    losses, _ = vision.pretrain_vision_tower(
-        model.vision_tower.to(default_device()),
-        processor.image_processor(list(images), return_tensors="pt")["pixel_values"],
-        targets,
-        steps=preset.vision_steps,
-        batch_size=preset.batch_size,
-        lr=preset.vision_lr,
-        seed=seed,
-        on_step=on_step,
-    )
-    model.cpu().save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory, losses
+class Stage(NamedTuple):
+    """One recipe run of an arm: its directory name, the preset's stage config, and what it overrides."""
+
+    name: str
+    config: str  # one of presets.STAGES
+    overrides: tuple[str, ...] = ()
 
 
-def train_config(
-    stage: str,
-    preset: Preset,
-    *,
-    output_dir: Path,
-    init: Path,
-    seed: int,
-    steps: int,
-    data: Path,
-    attention: str = "causal",
-    order: str = "image_first",
-    families: Sequence[str] = (),
-) -> TrainConfig:
-    """A recipe config of the study: quiet, no intermediate checkpoints, the preset's batch and schedule.
-
-    Pre-training reads the captions, fine-tuning the questions: one source per family, weighted by
-    ``preset.family_weight``, of every family or of ``families`` only (the curriculum). The vision tower
-    (trained by :func:`initialise`) stays frozen in both.
-    """
-    pretraining = stage == "pretrain"
-    if pretraining:
-        sources = [SourceConfig(format="jsonl", path=str(data / "train_captions.jsonl"), name="captions")]
-    else:
-        sources = [
-            SourceConfig(
-                format="llava",
-                path=str(_family_file(data, family)),
-                name=family,
-                weight=preset.family_weight(family),
-            )
-            for family in families or FAMILIES
-        ]
-    return TrainConfig(
-        stage=stage,
-        output_dir=str(output_dir),
-        seed=seed,
-        steps=steps,
-        batch_size=preset.batch_size if pretraining else preset.sft_batch_size,
-        model=ModelConfig(
-            init=str(init),
-            tokenizer=None,  # the processor saved with the model
-            attention=attention,
-            train_vision_tower=False,
-        ),
-        data=DataConfig(sources=sources, max_length=MAX_LENGTH, order=order),
-        optim=OptimConfig(
-            lr=preset.pretrain_lr if pretraining else preset.sft_lr,
-            warmup_steps=min(preset.warmup_steps, steps // 4),
-            min_lr_ratio=0.1,
-        ),
-        checkpoint=CheckpointConfig(every=0, keep=1),
-        logging=LoggingConfig(progress_bar=False, tensorboard=False),
-    )
-
-
-def _run_stage(stage: str, preset: Preset, *, work: Path, name: str, init: Path, **kwargs) -> TrainResult:
-    """One recipe run into ``work/name``; its printed summary goes to ``work/train.log``."""
-    config = train_config(stage, preset, output_dir=work / name, init=init, **kwargs)
-    with _log_to(work / "train.log"):
-        result = (run_pretrain if stage == "pretrain" else run_sft)(config)
-    if result.final_dir is None:
-        raise RuntimeError(
-            f"the {name} run stopped at step {result.steps} of {config.steps}; see {work / name}"
-        )
-    shutil.rmtree(work / name / "checkpoints", ignore_errors=True)  # resumable state: not needed once done
-    return result
-
-
-@dataclass(frozen=True)
-class ArmJob:
-    """One arm of one (budget, seed): fine-tune from ``root/pretrained`` (DOT: from ``init``) and evaluate."""
+class ArmJob(NamedTuple):
+    """One arm of one (budget, seed), or with ``arm == ""`` the stages the arms share."""
 
     arm: str
     root: Path
     preset: Preset
     seed: int
-    init: Path
+    latents: int
     data: Path
     threads: int = 1
 
@@ -452,20 +284,81 @@ class ArmJob:
     def work(self) -> Path:
         return self.root / "work"
 
-    def progress_files(self) -> list[Path]:
-        """Files that grow by one line per training step or evaluation batch (what the progress bar follows)."""
+    def overrides(self, stage: Stage, init: Path | None) -> list[str]:
+        """What the study sets in every stage config: where it writes, what it reads and starts from."""
+        common = [
+            f"output_dir={self.work / stage.name}",
+            f"seed={self.seed}",
+            f"data.root={self.data}",
+            f"model.builder_args.num_latents={self.latents}",
+        ]
+        return [*common, *([] if init is None else [f"model.init={init}"]), *stage.overrides]
+
+
+def training_plan(arm: str, preset: Preset) -> list[Stage]:
+    """The recipe runs of one arm, each starting from the previous one's final model.
+
+    ``causal`` and ``mma`` fine-tune the shared pre-trained model: the curriculum, then every family.
+    ``dot`` (the paper's dual-order training, causal) starts from the vision stage's model and pre-trains
+    itself, half of the steps text first, then image first; then it fine-tunes in as many steps as the
+    others, the curriculum first and the rest half text first, half image first.
+    """
+    if arm != "dot":
+        attention = (f"model.attention={arm}",)
         return [
-            *(self.work / stage.name / "history.jsonl" for stage in training_plan(self.arm, self.preset)),
-            self.work / f"eval_{self.arm}.progress",
+            Stage(f"sft_{arm}_curriculum", "sft_curriculum", attention),
+            Stage(f"sft_{arm}", "sft", attention),
+        ]
+    causal = ("model.attention=causal",)
+
+    def halves(stage: str, prefix: str, last: str) -> list[Stage]:
+        config = preset.config(stage)
+        first = max(config.steps // 2, 1)
+        parts = [
+            (f"{prefix}_text_first", "text_first", first),
+            (last, "image_first", max(config.steps - first, 1)),
+        ]
+        return [
+            Stage(name, stage, (*causal, f"steps={steps}", f"data.order={order}", _warmup(config, steps)))
+            for name, order, steps in parts
         ]
 
-    def units(self, test_size: int) -> int:
-        steps = sum(stage.steps for stage in training_plan(self.arm, self.preset))
-        return steps + -(-test_size // self.preset.eval_batch_size)
+    return [
+        *halves("pretrain", "dot_pretrain", "dot_pretrain_image_first"),
+        Stage("sft_dot_curriculum", "sft_curriculum", causal),
+        *halves("sft", "sft_dot", "sft_dot"),
+    ]
 
 
-@dataclass(frozen=True)
-class ArmResult:
+def _warmup(config: Any, steps: int) -> str:
+    """A stage cut to ``steps`` warms up for at most a quarter of them."""
+    return f"optim.warmup_steps={min(config.optim.warmup_steps, steps // 4)}"
+
+
+def _stage(
+    job: ArmJob, progress: _StageProgress | None, stage: str, title: str, init: Path | None = None
+) -> TrainResult:
+    """Run one of the stages the arms share, with a progress bar fed by its history file."""
+    plan = Stage(stage, stage)
+    config = job.preset.config(stage, job.overrides(plan, init))
+    progress.start(title, total=config.steps)
+    with _follow_each({"": [job.work / stage / "history.jsonl"]}, progress.advance):
+        result = _run(config, job.work)
+    progress.finish()
+    return result
+
+
+def _run(config: Any, work: Path) -> TrainResult:
+    """One recipe run; its printed summary goes to ``work/train.log``, its resumable state is dropped."""
+    with _log_to(work / "train.log"):
+        result = run(config)
+    if result.final_dir is None:
+        raise RuntimeError(f"the run in {config.output_dir} stopped at step {result.steps} of {config.steps}")
+    shutil.rmtree(Path(config.output_dir) / "checkpoints", ignore_errors=True)
+    return result
+
+
+class ArmResult(NamedTuple):
     """What :func:`run_arm` returns: the model directory, losses, seconds and whether each test answer was right."""
 
     arm: str
@@ -477,62 +370,24 @@ class ArmResult:
     right: list[bool]
 
 
-class Stage(NamedTuple):
-    """One recipe run of an arm: its directory name, recipe, image order, steps and curriculum families."""
-
-    name: str
-    recipe: str  # "pretrain" or "sft"
-    order: str
-    steps: int
-    families: tuple[str, ...] = ()
-
-
-def training_plan(arm: str, preset: Preset) -> list[Stage]:
-    """The recipe runs of one arm, each starting from the previous one's final model.
-
-    ``causal`` and ``mma`` fine-tune the shared pre-trained model: the curriculum's families first
-    (``preset.curriculum_steps``), then every family, ``preset.sft_steps`` in all. ``dot`` (the paper's
-    dual-order training, causal) starts from the initialised model and pre-trains itself, half of the steps
-    text first, then image first; then it fine-tunes in as many steps as the others, the same curriculum first
-    and the rest half text first, half image first.
-    """
-    curriculum = (
-        [
-            Stage(
-                f"sft_{arm}_curriculum",
-                "sft",
-                "image_first",
-                preset.curriculum_steps,
-                preset.curriculum_families,
-            )
-        ]
-        if preset.curriculum_steps
-        else []
-    )
-    rest = preset.sft_steps - preset.curriculum_steps
-    if arm != "dot":
-        return [*curriculum, Stage(f"sft_{arm}", "sft", "image_first", rest)]
-    half_pt, half_sft = max(preset.pretrain_steps // 2, 1), max(rest // 2, 1)
-    return [
-        Stage("dot_pretrain_text_first", "pretrain", "text_first", half_pt),
-        Stage("dot_pretrain_image_first", "pretrain", "image_first", max(preset.pretrain_steps - half_pt, 1)),
-        *curriculum,
-        Stage("sft_dot_text_first", "sft", "text_first", half_sft),
-        Stage("sft_dot", "sft", "image_first", max(rest - half_sft, 1)),
-    ]
-
-
 def run_arm(job: ArmJob) -> ArmResult:
-    """Fine-tune one arm, copy its final model to ``root/<arm>``, reload it and answer the test split."""
+    """Fine-tune one arm by its :func:`training_plan`, copy its final model to ``root/<arm>``, reload it and
+    answer the test split.
+    """
     with _quiet_libraries(), _torch_threads(job.threads):
         started = time.perf_counter()
-        pretrain_losses, result = _train(job)
+        init = job.work / "vision" / "final" if job.arm == "dot" else job.root / "pretrained"
+        losses: dict[str, list[float]] = {"pretrain": [], "sft": []}
+        for stage in training_plan(job.arm, job.preset):
+            config = job.preset.config(stage.config, job.overrides(stage, init))
+            result = _run(config, job.work)
+            losses[config.stage] += result.losses
+            init = result.final_dir
         train_seconds = time.perf_counter() - started
         model_dir = job.root / job.arm
-        _publish(result.final_dir, model_dir)
+        _publish(init, model_dir)
         started = time.perf_counter()
-        progress_file = job.work / f"eval_{job.arm}.progress"
-        with progress_file.open("a") as tick:
+        with (job.work / f"eval_{job.arm}.progress").open("a") as tick:
             right = evaluate(
                 model_dir,
                 read_test(job.data),
@@ -540,50 +395,30 @@ def run_arm(job: ArmJob) -> ArmResult:
                 on_batch=lambda n: (tick.write(".\n"), tick.flush()),
             )
     return ArmResult(
-        arm=job.arm,
-        model_dir=model_dir,
-        losses=list(result.losses),
-        pretrain_losses=pretrain_losses,
-        train_seconds=train_seconds,
-        eval_seconds=time.perf_counter() - started,
-        right=right,
+        job.arm,
+        model_dir,
+        losses["sft"],
+        losses["pretrain"] or None,
+        train_seconds,
+        time.perf_counter() - started,
+        right,
     )
-
-
-def _train(job: ArmJob) -> tuple[list[float] | None, TrainResult]:
-    """Run the arm's :func:`training_plan`; its own pre-training losses (None: it has none) and the last
-    run's result with the losses of all its fine-tuning steps.
-    """
-    init = job.init if job.arm == "dot" else job.root / "pretrained"
-    attention = "causal" if job.arm == "dot" else job.arm
-    losses: dict[str, list[float]] = {"pretrain": [], "sft": []}
-    for stage in training_plan(job.arm, job.preset):
-        result = _run_stage(
-            stage.recipe,
-            job.preset,
-            work=job.work,
-            name=stage.name,
-            init=init,
-            seed=job.seed,
-            data=job.data,
-            steps=stage.steps,
-            attention=attention,
-            order=stage.order,
-            families=stage.families,
-        )
-        losses[stage.recipe] += result.losses
-        init = result.final_dir
-    return losses["pretrain"] or None, dataclasses.replace(result, losses=losses["sft"])
 
 
 def _run_arms(jobs: list[ArmJob], workers: int, progress: _StageProgress, label: str) -> list[ArmResult]:
     """Run the arms, ``workers`` at a time in separate processes (1: here, one after another)."""
     test_size = sum(1 for _ in (jobs[0].data / "test.jsonl").open())
+    files = {}
     for job in jobs:
-        progress.start(
-            f"{_ARM_TITLES[job.arm]} + evaluation ({label})", total=job.units(test_size), key=job.arm
-        )
-    with _follow_each({job.arm: job.progress_files() for job in jobs}, progress.advance):
+        plan = training_plan(job.arm, job.preset)
+        steps = sum(job.preset.config(stage.config, stage.overrides).steps for stage in plan)
+        batches = -(-test_size // job.preset.eval_batch_size)
+        progress.start(f"{_ARM_TITLES[job.arm]} + evaluation ({label})", total=steps + batches, key=job.arm)
+        files[job.arm] = [
+            *(job.work / s.name / "history.jsonl" for s in plan),
+            job.work / f"eval_{job.arm}.progress",
+        ]
+    with _follow_each(files, progress.advance):
         if workers == 1:
             results = [run_arm(job) for job in jobs]
         else:
@@ -627,8 +462,7 @@ def evaluate(
 ) -> list[bool]:
     """Reload a saved model and answer every test question greedily; whether each answer is right.
 
-    The saved ``use_mma`` decides the attention. An answer is right when it equals the reference after
-    :func:`normalise`, the same rule for every arm. The answers are written to ``test_predictions.jsonl``.
+    The saved ``use_mma`` decides the attention. The answers are written to ``test_predictions.jsonl``.
     """
     runner = Runner.from_pretrained(model_dir, batch_size=batch_size)
     prompts = [Prompt(question.question, [question.image]) for question in test]
@@ -638,7 +472,7 @@ def evaluate(
         for q, a in zip(test, answers, strict=True)
     ]
     (model_dir / "test_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return [normalise(q.answer) == normalise(a) for q, a in zip(test, answers, strict=True)]
+    return [answers_match(a, q.answer) for q, a in zip(test, answers, strict=True)]
 
 
 def _by_family(test: Sequence[TestQuestion], right: Sequence[bool]) -> dict[str, list[bool]]:
@@ -729,9 +563,8 @@ class _StageProgress:
 
     def __init__(self, options: StudyOptions) -> None:
         runs = options.seeds * len(options.budgets)
-        self.total_stages = 2 + runs * (
-            2 + len(options.arms)
-        )  # data, (vision, pre-training, arms) per run, report
+        # data, then vision, pre-training and the arms of each run, then the report
+        self.total_stages = 2 + runs * (2 + len(options.arms))
         self.enabled = options.progress
         self.tasks: dict[str, Any] = {}
 
@@ -769,8 +602,8 @@ def _follow_each(
 ) -> Iterator[None]:
     """Advance the progress task of each key by the lines appended to its files, from a polling thread.
 
-    Training runs append one line per step to their history.jsonl and evaluation one per batch, also when
-    they run in other processes.
+    Every recipe appends one line per step to its history.jsonl and evaluation one per batch, also when they
+    run in other processes.
     """
     stop = threading.Event()
     seen = dict.fromkeys(files, 0)
@@ -865,17 +698,14 @@ __all__ = [
     "QUESTION",
     "ArmJob",
     "ArmResult",
+    "Stage",
     "StudyOptions",
     "TestQuestion",
     "evaluate",
-    "initialise",
-    "normalise",
-    "read_split",
     "read_test",
-    "read_vision_data",
     "run_arm",
     "run_study",
     "save_sample_mask",
-    "train_config",
+    "training_plan",
     "write_data",
 ]

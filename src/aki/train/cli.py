@@ -2,7 +2,8 @@
 
 Examples::
 
-    aki train pretrain                                    # the tiny CPU demo (configs/pretrain.yaml)
+    aki train vision                                      # the tiny CPU demo: vision tower (configs/vision.yaml)
+    aki train pretrain                                    # then captions (configs/pretrain.yaml)
     aki train sft --config paper/sft_4b.yaml optim.lr=1e-5
     aki train sft model.attention=causal output_dir=runs/sft-causal --resume
     accelerate launch --multi_gpu --num_processes 2 -m aki.train.cli sft   # 2 processes (gloo on a CPU)
@@ -62,6 +63,16 @@ def _run(
     except DataError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
+
+
+@app.command()
+def vision(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    print_config: PrintOption = False,
+) -> None:
+    """Train a fresh model's vision tower alone on synthetic scenes (the stand-in for a pre-trained SigLIP)."""
+    _run("vision", config, overrides, False, print_config)
 
 
 @app.command()

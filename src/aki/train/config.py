@@ -1,6 +1,7 @@
 """Training configs: dataclasses filled from YAML, with ``dotted.key=value`` overrides from the command line.
 
-A run's config is its stage's packaged default (``configs/pretrain.yaml`` or ``configs/sft.yaml``), then the
+A run's config is its stage's packaged default (``configs/vision.yaml``, ``configs/pretrain.yaml`` or
+``configs/sft.yaml``), then the
 user's YAML file over it (which may itself update a ``base:`` file), then the overrides over that. Unknown keys and values of the wrong type raise a
 ``ValueError`` naming the key.
 
@@ -25,7 +26,7 @@ import yaml
 from ..data.config import DataConfig, SourceConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-Stage = Literal["pretrain", "sft"]
+Stage = Literal["vision", "pretrain", "sft"]
 
 
 @dataclass

@@ -131,7 +131,7 @@ class Recipe:
 
     def _data_loader(self) -> DataLoader:
         config, data = self.config, self.config.data
-        sources = [open_source(source) for source in data.sources]
+        sources = [open_source(source, data.root) for source in data.sources]
         wrong = [s.format for s in data.sources if s.format not in FORMATS[config.stage]]
         if wrong:
             raise ValueError(
@@ -373,7 +373,14 @@ class Recipe:
 
 
 def run(config: TrainConfig, *, stop_at: int | None = None) -> TrainResult:
-    """Run a recipe from its config: setup, train (until ``stop_at``, see :meth:`Recipe.train`), cleanup."""
+    """Run a recipe from its config: setup, train (until ``stop_at``, see :meth:`Recipe.train`), cleanup.
+
+    The vision stage has its own short loop (:func:`aki.train.vision.run_vision`).
+    """
+    if config.stage == "vision":
+        from .vision import run_vision
+
+        return run_vision(config)
     recipe = Recipe(config)
     try:
         recipe.setup()

@@ -57,59 +57,128 @@ SIGLIP_SO400M_PATCH14_384 = {
 # microsoft/Phi-3.5-mini-instruct: its config.json values (with the LongRoPE factors) in a data file.
 PHI_3_5_MINI = json.loads((Path(__file__).parent / "phi_3_5_mini.json").read_text())
 
-TINY_SIGLIP = {
-    "model_type": "siglip_vision_model",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 32,
-    "patch_size": 8,
-    "vision_use_head": False,
-}
 
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 1024,
-    "tie_word_embeddings": False,
-}
-
-
-def aki_tiny(
+def aki_sized(
     tokenizer: Any = None,
     *,
+    image_size: int,
+    patch_size: int,
+    vision_width: int,
+    vision_layers: int,
+    vision_heads: int,
+    resampler_depth: int,
+    resampler_heads: int,
+    resampler_head_dim: int,
+    num_latents: int,
+    text_width: int,
+    text_layers: int,
+    text_heads: int,
+    text_ffn: int,
+    vision_ffn: int | None = None,
+    resampler_ff_mult: int = 2,
+    language_model: str = "llama",
+    text_kv_heads: int | None = None,
+    max_position_embeddings: int = 512,
+    tie_embeddings: bool = False,
+    text_init_std: float | None = None,
     text_config: dict | PreTrainedConfig | None = None,
-    vocab_size: int = 64,
-    media_token_id: int = 63,
-    num_latents: int = 4,
+    vocab_size: int | None = None,
+    media_token_id: int | None = None,
     text_head_bias: bool = False,
     use_mma: bool = True,
 ) -> AkiConfig:
-    """A tiny AKI (32 px SigLIP, 2-layer Llama of width 64, 4 latents) for tests and CPU demos.
+    """A small AKI of the given sizes: a SigLIP tower (``image_size / patch_size`` squared patches), a
+    Perceiver resampler and a Llama-style causal LM (``language_model``: any model type with Llama's config
+    fields, e.g. ``phi3``). ``aki_tiny`` and the quickstart's configs are built with it.
 
-    With ``tokenizer``, the vocabulary size and the media / pad / bos / eos ids come from it (the media token
-    is ``<image>``). ``text_config`` swaps the tiny Llama for another tiny causal LM config (Phi-3, Qwen2, ...).
+    ``vision_ffn`` defaults to twice ``vision_width``, ``text_kv_heads`` to ``text_heads``; ``text_init_std``
+    (the LM's ``initializer_range``) to the model type's default. ``text_config`` replaces the sized LM with
+    another config (a dict with ``model_type``, or a config). With ``tokenizer``, the vocabulary size and the
+    special ids come from it.
+
+    Example:
+        >>> config = aki_sized(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
+        ...     resampler_depth=1, resampler_heads=2, resampler_head_dim=16, num_latents=4, text_width=32,
+        ...     text_layers=1, text_heads=2, text_ffn=64, vocab_size=40, media_token_id=39)
+        >>> config.vision_config.num_hidden_layers, config.text_config.hidden_size, config.num_latents
+        (1, 32, 4)
     """
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    for width, heads, name in ((vision_width, vision_heads, "vision"), (text_width, text_heads, "text")):
+        if width % heads:
+            raise ValueError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": vision_width,
+        "intermediate_size": vision_ffn or 2 * vision_width,
+        "num_hidden_layers": vision_layers,
+        "num_attention_heads": vision_heads,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "vision_use_head": False,
+    }
+    if text_config is None:
+        text_config = {
+            "model_type": language_model,
+            "hidden_size": text_width,
+            "intermediate_size": text_ffn,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": text_heads,
+            "num_key_value_heads": text_kv_heads or text_heads,
+            "max_position_embeddings": max_position_embeddings,
+            "tie_word_embeddings": tie_embeddings,
+            **({} if text_init_std is None else {"initializer_range": text_init_std}),
+        }
     return aki_config(
-        vision=TINY_SIGLIP,
-        text=TINY_LLAMA if text_config is None else text_config,
+        vision=vision,
+        text=text_config,
         tokenizer=tokenizer,
         vocab_size=vocab_size,
         media_token_id=media_token_id,
         resampler={
-            "resampler_depth": 2,
-            "resampler_heads": 2,
-            "resampler_head_dim": 16,
-            "resampler_ff_mult": 2,
+            "resampler_depth": resampler_depth,
+            "resampler_heads": resampler_heads,
+            "resampler_head_dim": resampler_head_dim,
+            "resampler_ff_mult": resampler_ff_mult,
         },
         num_latents=num_latents,
         text_head_bias=text_head_bias,
         use_mma=use_mma,
+    )
+
+
+# aki_tiny's sizes: a 32 px SigLIP of 2 layers, a 2-layer resampler with 4 latents, a 2-layer Llama of width 64.
+TINY_SIZES: dict[str, Any] = {
+    "image_size": 32,
+    "patch_size": 8,
+    "vision_width": 32,
+    "vision_layers": 2,
+    "vision_heads": 2,
+    "resampler_depth": 2,
+    "resampler_heads": 2,
+    "resampler_head_dim": 16,
+    "num_latents": 4,
+    "text_width": 64,
+    "text_layers": 2,
+    "text_heads": 4,
+    "text_kv_heads": 2,
+    "text_ffn": 128,
+    "max_position_embeddings": 1024,
+}
+
+
+def aki_tiny(
+    tokenizer: Any = None, *, vocab_size: int = 64, media_token_id: int = 63, **sizes: Any
+) -> AkiConfig:
+    """A tiny AKI (32 px SigLIP, 2-layer Llama of width 64, 4 latents) for tests and CPU demos.
+
+    With ``tokenizer``, the vocabulary size and the media / pad / bos / eos ids come from it (the media token
+    is ``<image>``). ``sizes`` override :data:`TINY_SIZES` or pass any other :func:`aki_sized` argument
+    (``text_config`` swaps the tiny Llama for another tiny causal LM config: Phi-3, Qwen2, ...).
+    """
+    return aki_sized(
+        tokenizer, vocab_size=vocab_size, media_token_id=media_token_id, **{**TINY_SIZES, **sizes}
     )
 
 
@@ -124,7 +193,7 @@ def aki_4b(
     """The released AKI-4B architecture: SigLIP so400m-patch14-384, resampler 6 x (8 heads x 64, ff x4),
     144 latents, Phi-3.5-mini with a biased output head.
 
-    Pass the checkpoint's ``tokenizer`` to get its vocabulary size and token ids (``from_reference`` does).
+    Pass the checkpoint's ``tokenizer`` to get its vocabulary size and token ids (``load_reference`` does).
     """
     return aki_config(
         vision=SIGLIP_SO400M_PATCH14_384,
@@ -260,6 +329,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "aki_4b",
     "aki_config",
+    "aki_sized",
     "aki_tiny",
     "tiny_tokenizer",
     "token_ids_from_tokenizer",

@@ -7,12 +7,12 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 try:
-    from transformers.configuration_utils import SubConfigSpec
-except ImportError:  # transformers < 5.20 resolves sub-configs through `sub_configs` only
+    from transformers.configuration_utils import SubConfigSpec  # transformers >= 5.20
+except ImportError:
     SubConfigSpec = None
 
-# The sub-config model types used when a config gives none (or no sub-config at all).
-_SUB_CONFIG_TYPES = {"vision_config": "siglip_vision_model", "text_config": "llama"}
+# The model type of each sub-config when a config (or a dict without "model_type") does not name one.
+SUB_CONFIG_TYPES = {"vision_config": "siglip_vision_model", "text_config": "llama"}
 
 
 @strict
@@ -40,10 +40,10 @@ class AkiConfig(PreTrainedConfig):
     if SubConfigSpec is not None:
         sub_configs_defaults = {
             key: SubConfigSpec(config_class=AutoConfig, model_type=model_type)
-            for key, model_type in _SUB_CONFIG_TYPES.items()
+            for key, model_type in SUB_CONFIG_TYPES.items()
         }
-    else:
-        sub_configs = dict.fromkeys(_SUB_CONFIG_TYPES, AutoConfig)
+    else:  # transformers 5.19: sub-configs are built in __post_init__, as its LlavaConfig does
+        sub_configs = dict.fromkeys(SUB_CONFIG_TYPES, AutoConfig)
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -60,11 +60,11 @@ class AkiConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         if SubConfigSpec is None:
-            for key, model_type in _SUB_CONFIG_TYPES.items():
+            for key, model_type in SUB_CONFIG_TYPES.items():
                 value = getattr(self, key)
                 if value is None or isinstance(value, dict):
                     value = dict(value or {})
-                    setattr(self, key, CONFIG_MAPPING[value.setdefault("model_type", model_type)](**value))
+                    setattr(self, key, CONFIG_MAPPING[value.pop("model_type", model_type)](**value))
         super().__post_init__(**kwargs)
         self._check_sizes()
         self._check_media_token()

@@ -65,7 +65,7 @@ def load_reference(
             f"{directory / 'config.json'} has no 'initial_tokenizer_len': not an AKI release layout"
         )
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    config = _resolve_config(arguments, tokenizer, config)
+    config = resolve_config(arguments, tokenizer, config)
     config.use_mma = use_mma
     weights_file = directory / "model.safetensors"
     if not weights_file.is_file():
@@ -157,9 +157,11 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], config: AkiConfig) -> 
         )
 
 
-def _resolve_config(
+def resolve_config(
     arguments: dict[str, Any], tokenizer: PreTrainedTokenizerBase, config: AkiConfig | None
 ) -> AkiConfig:
+    """The :class:`AkiConfig` of a release: ``config`` checked against the tokenizer, else the architecture its
+    ``config.json`` arguments name (the released backbones, or local backbone directories)."""
     ids = token_ids_from_tokenizer(tokenizer)
     if config is not None:
         vocab_size = config.text_config.vocab_size
@@ -220,4 +222,10 @@ def _listing(title: str, items: list[str], limit: int = 20) -> str:
     return f"  {len(items)} {title}:{shown}{more}\n"
 
 
-__all__ = ["check_state_dict", "convert_reference", "load_reference", "map_reference_state_dict"]
+__all__ = [
+    "check_state_dict",
+    "convert_reference",
+    "load_reference",
+    "map_reference_state_dict",
+    "resolve_config",
+]

@@ -9,44 +9,35 @@ and Modality-Mutual Attention is switched on for it with :func:`aki.integration.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils.deprecation import deprecate_kwarg
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-try:
-    from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
-
-    _CACHE_NAME = "cache"
-except ImportError:  # transformers < 5.20: the cache travels as `past_key_values`
-    from dataclasses import dataclass
-
-    from transformers.utils import ModelOutput
-
-    _CACHE_NAME = "past_key_values"
-
-    @dataclass
-    class MultimodalCausalLMOutputWithPast(ModelOutput):
-        """The output of :meth:`AkiForConditionalGeneration.forward` on transformers < 5.20."""
-
-        loss: torch.FloatTensor | None = None
-        logits: torch.FloatTensor | None = None
-        past_key_values: Cache | None = None
-        hidden_states: tuple[torch.FloatTensor, ...] | None = None
-        attentions: tuple[torch.FloatTensor, ...] | None = None
-        image_outputs: BaseModelOutputWithPooling | None = None
-
-
-from ...integration import disable_mma, enable_mma, is_mma_enabled
+from ...integration import CACHE_KWARG, disable_mma, enable_mma, is_mma_enabled
 from ...mma import roles_from_token_ids
 from .configuration_aki import AkiConfig
 from .resampler import PerceiverResampler
+
+
+@dataclass
+class AkiCausalLMOutputWithPast(ModelOutput):
+    """What :meth:`AkiForConditionalGeneration.forward` returns. The KV cache is under the name the installed
+    transformers uses (``cache``, or ``past_key_values`` before 5.24); the other field stays None.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 class AkiPreTrainedModel(PreTrainedModel):
@@ -195,7 +186,6 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
     # ----------------------------------------------------------------------------------------------
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -208,14 +198,17 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
-    ) -> MultimodalCausalLMOutputWithPast:
+    ) -> AkiCausalLMOutputWithPast:
         """Causal-LM forward with images in place of their placeholders.
 
         ``mma_roles`` ``[B, L']`` (``L' <= L``; later positions are RESPONSE) defaults to roles derived from
         ``input_ids`` (placeholders MEDIA) and ``labels`` (labelled positions RESPONSE). Without
         ``position_ids``, positions count the valid tokens of ``attention_mask``, so left padding is exact.
+        The KV cache comes as ``cache`` (transformers >= 5.24) or ``past_key_values`` (earlier).
         """
+        cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs:
@@ -254,13 +247,13 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
             labels=labels,
             logits_to_keep=logits_to_keep,
             return_dict=True,
-            **{_CACHE_NAME: cache},
+            **{CACHE_KWARG: cache},
             **kwargs,
         )
-        return MultimodalCausalLMOutputWithPast(
+        return AkiCausalLMOutputWithPast(
             loss=outputs.loss,
             logits=outputs.logits,
-            **{_CACHE_NAME: getattr(outputs, _CACHE_NAME)},
+            **{CACHE_KWARG: outputs[CACHE_KWARG] if CACHE_KWARG in outputs else None},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
@@ -302,21 +295,5 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
             else None,
         )
 
-    # ----------------------------------------------------------------------------------------------
-    # The released checkpoint
-    # ----------------------------------------------------------------------------------------------
 
-    @classmethod
-    def from_reference(
-        cls, checkpoint_dir: str | Path, *, config: AkiConfig | None = None, use_mma: bool = True
-    ) -> AkiForConditionalGeneration:
-        """Load the released layout (``config.json`` of constructor arguments + ``model.safetensors``).
-
-        See :func:`aki.models.aki.convert.load_reference` for what is checked; nothing is re-initialised.
-        """
-        from .convert import load_reference
-
-        return load_reference(checkpoint_dir, config=config, use_mma=use_mma)[0]
-
-
-__all__ = ["AkiForConditionalGeneration", "AkiPreTrainedModel"]
+__all__ = ["AkiCausalLMOutputWithPast", "AkiForConditionalGeneration", "AkiPreTrainedModel"]

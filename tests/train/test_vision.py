@@ -8,7 +8,7 @@ import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from aki.data.synthetic import COLOURS, KINDS, SIZES, Scene, Shape, generate_split, render, render_labels
-from aki.quickstart.vision import TARGETS, patch_accuracy, patch_targets, pretrain_vision_tower
+from aki.train.vision import TARGETS, patch_accuracy, patch_targets, pretrain_vision_tower
 
 
 def test_render_labels_marks_the_pixels_that_render_paints():
