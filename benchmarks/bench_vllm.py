@@ -8,7 +8,8 @@ Requests: 8 chats, each an image and a question of a different length (prompts o
 
 1. Generated tokens/s of 8 concurrent requests (one ``LLM.generate`` of 8 requests, 64 new tokens each) in one
    vLLM engine, with MMA and with MMA switched off in the same engine (``model.mma.active``: causal
-   attention), alternating, 6 each after a warm-up. Target: MMA / causal >= 0.97.
+   attention), alternating, 8 each after a warm-up. Target: MMA / causal >= 0.97 (medians; the ratio of the
+   fastest runs is printed too: where other work shares the cores, single runs slow down up to 10x).
 2. ``aki serve`` (aki's engine) and ``aki serve --engine vllm``, both up on 127.0.0.1, greedy chat completions
    of 64 tokens: generated tokens/s and median latency at 1 client (the 8 requests one after another) and 8
    clients (the 8 at once); the servers' phases alternate, two rounds after a warm-up. Answers under load are
@@ -313,19 +314,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aki-bench-vllm-") as folder:
         model_dir = save_model(Path(folder), quick=args.quick)
 
-        rates = mma_and_causal_tokens_per_s(model_dir, new_tokens=new_tokens, repeats=6)
+        rates = mma_and_causal_tokens_per_s(model_dir, new_tokens=new_tokens, repeats=8)
         mma_rate, causal_rate = statistics.median(rates[True]), statistics.median(rates[False])
         ratio = mma_rate / causal_rate
+        # The fastest run of each is the one least slowed by other work on the shared cores.
+        best_ratio = max(rates[True]) / max(rates[False])
         print(
             f"\n## vLLM, 8 concurrent requests x {new_tokens} tokens: generated tokens/s (one engine, alternating)"
         )
-        print(f"  MMA    {mma_rate:8.1f}   (runs: {', '.join(f'{r:.1f}' for r in rates[True])})")
-        print(f"  causal {causal_rate:8.1f}   (runs: {', '.join(f'{r:.1f}' for r in rates[False])})")
+        for name, runs in (("MMA", rates[True]), ("causal", rates[False])):
+            listed = ", ".join(f"{r:.1f}" for r in runs)
+            print(
+                f"  {name:6s} median {statistics.median(runs):8.1f}  best {max(runs):8.1f}   (runs: {listed})"
+            )
         print(f"  answers that MMA changed: {rates['changed']} of {len(QUESTIONS)}")
         verdict = "PASS" if ratio >= TARGET_MMA_OVER_CAUSAL else "FAIL"
         print(
-            f"RATIO vLLM MMA / vLLM causal tokens/s: {ratio:.3f}  [target >= {TARGET_MMA_OVER_CAUSAL}: {verdict}]"
+            f"RATIO vLLM MMA / causal tokens/s, medians: {ratio:.3f}  [target >= {TARGET_MMA_OVER_CAUSAL}: {verdict}]"
         )
+        print(f"RATIO vLLM MMA / causal tokens/s, best runs: {best_ratio:.3f}")
 
         servers = measure_servers(model_dir, new_tokens=new_tokens, long_tokens=long_tokens, rounds=2)
     print(f"\n## aki serve (aki's engine) and aki serve --engine vllm, MMA, {new_tokens}-token answers")
@@ -349,7 +356,8 @@ def main() -> None:
         )
     same = servers["aki"]["answers"] == servers["vllm"]["answers"]
     print(f"CHECK the two servers give the same answers: {'PASS' if same else 'FAIL'}")
-    summary = {"mma_over_causal": ratio, "mma_tokens_per_s": mma_rate, "causal_tokens_per_s": causal_rate}
+    summary = {"mma_over_causal": ratio, "mma_over_causal_best": best_ratio, "mma_tokens_per_s": mma_rate}
+    summary |= {"causal_tokens_per_s": causal_rate}
     summary |= {engine: {k: v for k, v in f.items() if k != "answers"} for engine, f in servers.items()}
     print(
         f"# load average at the end {os.getloadavg()[0]:.2f} (other work on the machine shares its 2 cores)"
