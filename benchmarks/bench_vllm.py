@@ -145,7 +145,7 @@ def mma_and_causal_tokens_per_s(model_dir: Path, *, new_tokens: int, repeats: in
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             answers[active] = [list(output.outputs[0].token_ids) for output in outputs]
             if round_index:
-                tokens = sum(len(tokens) for tokens in answers[active])
+                tokens = sum(len(answer) for answer in answers[active])
                 rates[active].append(tokens / seconds)
                 cpu_rates[active].append(tokens / cpu_seconds)
     rates["changed"] = sum(a != b for a, b in zip(answers[True], answers[False], strict=True))
