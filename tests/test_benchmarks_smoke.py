@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench  # a minute of its own: .ci/run runs it after the default suite
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 EXPECTED_RATIOS = {
     "bench_attention.py": [

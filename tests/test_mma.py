@@ -1,4 +1,4 @@
-"""The MMA rule of shared/MMA_SPEC.md, as aki.mma computes it.
+"""The MMA rule of docs/mma.md, as aki.mma computes it.
 
 A small layout's allow matrix is written out by hand; property tests then compare every form of the mask
 (dense, additive, mask function, FlexAttention block mask) with a plain loop-based reading of the rule.

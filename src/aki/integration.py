@@ -73,8 +73,8 @@ MMA_IMPLEMENTATIONS = {
 _PLAIN_IMPLEMENTATIONS = {mma: plain for plain, mma in MMA_IMPLEMENTATIONS.items()} | {
     "aki_mma_flex_compiled": "flex_attention"
 }
-# Up to this many keys, aki_mma_sdpa gives SDPA one dense MMA mask; above it, causal SDPA plus the media-row
-# patch (measured on 2 CPU cores: at L=512 dense 1.03x causal vs patch 1.05x; at L=2048 patch 1.00x).
+# Up to this many keys, aki_mma_sdpa gives SDPA one dense MMA mask (cheaper there); above it, causal SDPA plus
+# the media-row patch (docs/design.md).
 SDPA_DENSE_MASK_MAX_KEYS = 512
 # The keyword under which transformers' models take and return the KV cache: `cache` from 5.24 (where
 # `past_key_values` is deprecated), `past_key_values` before. aki passes it under this name and reads both.
@@ -317,7 +317,7 @@ def _eager_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 @functools.cache
 def _compiled_flex_attention():
-    # One graph per shape: per-token mask tensors and automatic dynamic shapes do not mix (FACTS.md).
+    # One graph per shape: per-token mask tensors and automatic dynamic shapes do not mix (docs/design.md).
     return torch.compile(flex_attention, dynamic=False)
 
 

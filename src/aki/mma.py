@@ -1,6 +1,6 @@
 """Modality-Mutual Attention: token roles -> attention masks, in pure torch.
 
-The rule (``shared/MMA_SPEC.md``): a valid query ``q`` may attend to a valid key ``k`` iff ``k <= q``
+The rule (``docs/mma.md``): a valid query ``q`` may attend to a valid key ``k`` iff ``k <= q``
 (causal), or ``q`` is MEDIA, ``k`` is TEXT, ``k > q`` and no RESPONSE position lies in ``(q, k]``.
 Media tokens therefore also see the prompt text after them, up to the next response.
 

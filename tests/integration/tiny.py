@@ -4,7 +4,7 @@ Every model is fp32, 2 layers, hidden size 32, vocabulary 96, built from a deep 
 built with ``_from_config`` keeps the config object itself, so two models sharing one would switch each
 other's attention) with the same seed, so models of one family share their weights.
 
-The reference reads the rule of ``shared/MMA_SPEC.md`` literally, with Python loops: it is independent of
+The reference reads the rule of ``docs/mma.md`` literally, with Python loops: it is independent of
 ``aki.mma`` and of the registered implementations, and it runs through the *plain* eager model with prepared
 4D additive masks (one per layer type, so sliding-window layers get ``window AND (causal OR MMA)``).
 """

@@ -12,7 +12,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
 
 from aki.models import AkiConfig, AkiForConditionalGeneration, AkiProcessor, aki_tiny, convert_reference
-from aki.models.aki.convert import load_reference, resolve_config
+from aki.models.aki.convert import load_reference, load_reference_tokenizer, resolve_config
 
 BASE_TOKENS = [
     "<unk>",
@@ -78,10 +78,8 @@ def reference_state_dict(model: AkiForConditionalGeneration, initial_len: int) -
     return state
 
 
-@pytest.fixture
-def release(tmp_path):
-    """A tiny checkpoint in the released layout, and the model it was exported from."""
-    tokenizer, initial_len = reference_tokenizer()
+def write_release(tmp_path, tokenizer, initial_len: int):
+    """A tiny checkpoint in the released layout with ``tokenizer``'s files, and the model it was exported from."""
     config = aki_tiny(tokenizer, text_head_bias=True)
     config.resampler_depth, config.resampler_heads, config.resampler_head_dim, config.resampler_ff_mult = (
         6,
@@ -108,6 +106,14 @@ def release(tmp_path):
         "base_img_size": None,
     }
     (directory / "config.json").write_text(json.dumps(arguments))
+    return directory, model
+
+
+@pytest.fixture
+def release(tmp_path):
+    """A tiny checkpoint in the released layout, and the model it was exported from."""
+    tokenizer, initial_len = reference_tokenizer()
+    directory, model = write_release(tmp_path, tokenizer, initial_len)
     return directory, model, tokenizer, initial_len
 
 
@@ -222,3 +228,111 @@ def test_the_cli_converts_and_refuses_a_broken_checkpoint_by_name(release, tmp_p
     assert broken.exit_code != 0
     assert not (tmp_path / "out2" / "model.safetensors").exists()
     assert "is not a readable safetensors file" in broken.output
+
+
+# --------------------------------------------------------------------------------------------------
+# A release whose tokenizer is a SentencePiece model only (what the reference's slow tokenizer saves)
+# --------------------------------------------------------------------------------------------------
+
+SENTENCEPIECE_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "What is this?\nIt is a cat.",
+    "the assistant gives helpful answers to the user's questions.",
+]
+PROMPT = (
+    "<s> <|system|>\nA chat between a curious user.<|end|>\n<|user|>\n<image>\nWhat is this?<|end|>\n"
+    "<|assistant|>\nIt is a cat.</s>"
+)
+# PROMPT's ids under the reference's tokenizer: transformers 4.41.2's slow LlamaTokenizer(legacy=False) on the
+# model trained below, with <pad>, <image> and <|endofchunk|> added (computed in a separate environment).
+REFERENCE_IDS = [
+    1,
+    292,
+    3,
+    309,
+    312,
+    271,
+    278,
+    292,
+    290,
+    294,
+    308,
+    296,
+    273,
+    263,
+    271,
+    300,
+    303,
+    275,
+    270,
+    284,
+]
+REFERENCE_IDS += [304, 6, 309, 4, 309, 321, 309, 314, 278, 279, 265, 299, 264, 311, 6, 309, 5, 309, 288, 279]
+REFERENCE_IDS += [263, 271, 266, 304, 2]
+
+
+def sentencepiece_release_tokenizer(directory):
+    """A Llama-style SentencePiece BPE model trained here (byte fallback, identity normalisation, a dummy
+    prefix), saved as the slow tokenizer saves it: tokenizer.model plus the added tokens in tokenizer_config.json.
+    """
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCEPIECE_CORPUS * 20),
+        model_writer=model,
+        vocab_size=320,
+        model_type="bpe",
+        user_defined_symbols=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    directory.mkdir(parents=True)
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    added = {
+        str(320 + i): {"content": token, "special": True}
+        for i, token in enumerate(("<pad>", "<image>", "<|endofchunk|>"))
+    }
+    for entry in added.values():
+        entry.update(lstrip=False, rstrip=False, normalized=False, single_word=False)
+    tokenizer_config = {
+        "added_tokens_decoder": added,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "add_bos_token": False,
+        "add_eos_token": False,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+
+
+def test_a_release_with_only_a_sentencepiece_model_loads_with_the_reference_token_ids(tmp_path):
+    sentencepiece_release_tokenizer(tmp_path / "spm")
+    tokenizer = load_reference_tokenizer(tmp_path / "spm")
+    assert tokenizer(PROMPT, add_special_tokens=False)["input_ids"] == REFERENCE_IDS
+    directory, model = write_release(tmp_path, tokenizer, initial_len=320)
+    (directory / "tokenizer.json").unlink(missing_ok=True)  # the release has the SentencePiece model only
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (directory / name).write_bytes((tmp_path / "spm" / name).read_bytes())
+    loaded, release_tokenizer = load_reference(directory)
+    assert release_tokenizer(PROMPT, add_special_tokens=False)["input_ids"] == REFERENCE_IDS
+    assert (loaded.config.media_token_id, loaded.config.assistant_token_id) == (321, 5)
+    assert torch.equal(loaded.language_model.lm_head.weight, model.language_model.lm_head.weight)
+    # converted, the directory's processor (a fast tokenizer) keeps the reference's ids
+    out = convert_reference(directory, tmp_path / "converted")
+    processor = AutoProcessor.from_pretrained(out)
+    expanded = [t for i in REFERENCE_IDS for t in ([i] * loaded.config.num_latents if i == 321 else [i])]
+    assert processor(text=PROMPT, images=[noise(0)])["input_ids"][0].tolist() == expanded

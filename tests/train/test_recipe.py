@@ -30,6 +30,19 @@ def test_pretraining_loss_starts_at_chance_and_goes_down(tmp_path):
     assert sum(result.losses[-3:]) / 3 < result.losses[0] - 0.5
 
 
+def test_seeded_first_losses_are_pinned(tmp_path):
+    """A fresh tiny AKI, seed 0, one thread: the first three losses of each stage, as measured (torchtune style).
+
+    A change to the model, the data order, the template or the loss shows up here first.
+    """
+    pretrain = run_pretrain(tiny_config("pretrain", tmp_path / "pt", "steps=3", "batch_size=8"))
+    assert pretrain.losses == pytest.approx([4.433736, 4.132935, 3.991513], abs=5e-6)
+    mma = run_sft(tiny_config("sft", tmp_path / "mma", "steps=3", "model.attention=mma"))
+    assert mma.losses == pytest.approx([4.379275, 4.193993, 3.932262], abs=5e-6)
+    causal = run_sft(tiny_config("sft", tmp_path / "causal", "steps=3", "model.attention=causal"))
+    assert causal.losses == pytest.approx([4.379297, 4.193916, 3.932299], abs=5e-6)  # MMA: media rows
+
+
 def test_final_model_and_processor_load_with_from_pretrained(tmp_path):
     result = run_sft(tiny_config("sft", tmp_path, "steps=1"))
     model = AkiForConditionalGeneration.from_pretrained(result.final_dir)

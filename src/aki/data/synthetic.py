@@ -94,11 +94,8 @@ _TEMPLATES = {
     "exists": "is there a {a} in the image?",
     "relation": "where is the {a} relative to the {b}?",
     "distance": "which shape is closer to the {c}?",
-    # A multiple-choice option, and the answer: the chosen option written out, text then letter. A tiny
-    # language model does not learn to name the letter of an answer it has not written (CV-Bench's bare
-    # "(B)"): measured, letter-only answers stayed near chance (0.395 to 0.485, chance 0.417) after 1,800
-    # fine-tuning steps. Written out, the marker "(B)" (one token, WORD_PATTERN) is the token that follows,
-    # in the list, the text just written: a copy in one look-up (measured: README).
+    # A multiple-choice option, and the answer: the chosen option written out, text then letter, so the letter
+    # is a copy of the marker that follows the option text in the list (docs/design.md).
     "option": "{text} {marker}",
     "letter": "answer with the option and its letter.",
     "caption_item": "{colour} {kind}, {size}, {location}",

@@ -48,7 +48,7 @@ def _run(
     import yaml
 
     from .config import load_config
-    from .recipe import DataError, run
+    from .recipe import DataError, run  # needs the train extra
 
     extra = [*(overrides or []), *(["checkpoint.resume=auto"] if resume else [])]
     try:
@@ -60,7 +60,7 @@ def _run(
         return
     try:
         run(config)
-    except DataError as error:
+    except (DataError, FileNotFoundError) as error:  # bad data, or a model.init that is not there
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
 

@@ -34,6 +34,11 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
     built by ``builder`` around ``tokenizer`` (which is then required).
     """
     if config.init is not None:
+        if not (Path(config.init) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.init {config.init!r} is not a saved model directory (no config.json): train the stage "
+                "before it first (aki train vision, then pretrain, then sft), or set model.init to one"
+            )
         model = AkiForConditionalGeneration.from_pretrained(config.init)
         if config.tokenizer is None:
             processor = AkiProcessor.from_pretrained(config.init)

@@ -100,7 +100,7 @@ class Recipe:
                 f"launched as {launched} processes but accelerate set up {self.accelerator.num_processes}: "
                 "each would train alone; check the launcher's distributed settings"
             )
-        # Denormal floats can make CPU kernels many times slower (seen in the tiny model's backward): flush them.
+        # Denormal floats make CPU kernels many times slower (docs/design.md): flush them.
         self._flushing_denormals = self.accelerator.device.type == "cpu" and torch.set_flush_denormal(True)
         set_seed(config.seed)  # the same initial weights on every rank and in every run with this seed
         self.trainable, self.model, self.processor = build_model(config.model)

@@ -44,8 +44,7 @@ _BIN_NAMES = tuple(f"{index}/{POSITION_BINS}" for index in range(POSITION_BINS))
 
 # What each patch is taught, and the classes of each target: 0 is background, then the names in order. Every
 # patch of a shape is taught the shape's attributes, its centre included, so whichever of its patches a
-# resampler latent reads, it reads where the whole shape is (without the position targets the language model
-# never learned where a shape is: caption location words stayed at their prior, spatial questions at chance).
+# resampler latent reads, it reads where the whole shape is (docs/design.md: why the place targets).
 TARGETS: dict[str, tuple[str, ...]] = {
     "colour": tuple(synthetic.COLOURS),
     "kind": synthetic.KINDS,

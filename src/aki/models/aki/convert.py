@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase
 
 from .builders import aki_4b, token_ids_from_tokenizer
 from .configuration_aki import AkiConfig
@@ -64,7 +64,7 @@ def load_reference(
         raise ValueError(
             f"{directory / 'config.json'} has no 'initial_tokenizer_len': not an AKI release layout"
         )
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = load_reference_tokenizer(directory)
     config = resolve_config(arguments, tokenizer, config)
     config.use_mma = use_mma
     weights_file = directory / "model.safetensors"
@@ -80,6 +80,22 @@ def load_reference(
         None, config=config, state_dict=state_dict, dtype=_dtype_of(state_dict)
     )
     return model.eval(), tokenizer
+
+
+def load_reference_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
+    """The release's tokenizer: its ``tokenizer.json`` when it has one, else its SentencePiece
+    ``tokenizer.model`` read as the reference read it (Phi-3.5-mini's ``LlamaTokenizer`` with ``legacy=False``:
+    a space prefix only at the start of the text, none after a special token), with the added tokens of its
+    ``tokenizer_config.json``.
+    """
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(directory)
+    if (directory / "tokenizer.model").is_file():
+        return LlamaTokenizer.from_pretrained(directory, legacy=False)
+    raise ValueError(
+        f"{directory} has no tokenizer: neither tokenizer.json nor a SentencePiece tokenizer.model"
+    )
 
 
 def convert_reference(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
@@ -226,6 +242,7 @@ __all__ = [
     "check_state_dict",
     "convert_reference",
     "load_reference",
+    "load_reference_tokenizer",
     "map_reference_state_dict",
     "resolve_config",
 ]

@@ -54,9 +54,7 @@ class AkiPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, PerceiverResampler):
             init.normal_(module.latents, std=1.0)  # randn latents, as in the reference
-            # The reference keeps torch's default Linear init in the resampler (uniform, bound 1/sqrt(fan_in)).
-            # The library-wide normal(0.02) would make the image's contribution vanish next to the unit-scale
-            # latents at small widths: every image would resample to almost the same tokens.
+            # The reference's default Linear init; normal(0.02) drowns the image in the latents (docs/design.md).
             for layer in module.modules():
                 if isinstance(layer, nn.Linear):
                     bound = layer.in_features**-0.5
@@ -253,7 +251,7 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
         return AkiCausalLMOutputWithPast(
             loss=outputs.loss,
             logits=outputs.logits,
-            **{CACHE_KWARG: outputs[CACHE_KWARG] if CACHE_KWARG in outputs else None},
+            **{CACHE_KWARG: outputs.get(CACHE_KWARG)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
