@@ -334,9 +334,9 @@ def main() -> None:
         print(f"  answers that MMA changed: {rates['changed']} of {len(QUESTIONS)}")
         verdict = "PASS" if ratio >= TARGET_MMA_OVER_CAUSAL else "FAIL"
         print(
-            f"RATIO vLLM MMA / causal tokens/s, medians: {ratio:.3f}  [target >= {TARGET_MMA_OVER_CAUSAL}: {verdict}]"
+            f"RATIO vLLM MMA / causal tokens/s, medians: {ratio:.2f}x  [target >= {TARGET_MMA_OVER_CAUSAL:.2f}x: {verdict}]"
         )
-        print(f"RATIO vLLM MMA / causal tokens/s, best runs: {best_ratio:.3f}")
+        print(f"RATIO vLLM MMA / causal tokens/s, best runs: {best_ratio:.2f}x")
         cpu_ratio = statistics.median(rates["cpu"][True]) / statistics.median(rates["cpu"][False])
         print(
             f"RATIO vLLM MMA / causal tokens per CPU-second of the engine's process, medians: {cpu_ratio:.3f}"
@@ -355,7 +355,7 @@ def main() -> None:
     for clients in (1, 8):
         key = f"{clients}_clients_tokens_per_s"
         print(
-            f"RATIO vLLM / aki engine tokens/s at {clients} client(s): {servers['vllm'][key] / servers['aki'][key]:.2f}"
+            f"RATIO vLLM / aki engine tokens/s at {clients} client(s): {servers['vllm'][key] / servers['aki'][key]:.2f}x"
         )
     print(f"\n## a 2-token request alone, and sent while a {long_tokens}-token request runs")
     for engine, figures in servers.items():
