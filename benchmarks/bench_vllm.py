@@ -339,7 +339,7 @@ def main() -> None:
         print(f"RATIO vLLM MMA / causal tokens/s, best runs: {best_ratio:.2f}x")
         cpu_ratio = statistics.median(rates["cpu"][True]) / statistics.median(rates["cpu"][False])
         print(
-            f"RATIO vLLM MMA / causal tokens per CPU-second of the engine's process, medians: {cpu_ratio:.3f}"
+            f"RATIO vLLM MMA / causal tokens per CPU-second of the engine's process, medians: {cpu_ratio:.2f}x"
         )
 
         servers = measure_servers(model_dir, new_tokens=new_tokens, long_tokens=long_tokens, rounds=2)
