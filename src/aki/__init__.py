@@ -3,7 +3,8 @@
 ``aki.mma`` is the rule in pure torch; ``aki.enable_mma`` turns it on for a Hugging Face model.
 """
 
-from .integration import disable_mma, enable_mma, is_mma_enabled
+from .collator import MmaDataCollator
+from .integration import disable_mma, enable_mma, from_pretrained, is_mma_enabled
 from .mma import Role, mma_mask
 from .models import AkiConfig, AkiForConditionalGeneration, AkiProcessor  # registers the Auto classes
 
@@ -13,10 +14,12 @@ __all__ = [
     "AkiConfig",
     "AkiForConditionalGeneration",
     "AkiProcessor",
+    "MmaDataCollator",
     "Role",
     "__version__",
     "disable_mma",
     "enable_mma",
+    "from_pretrained",
     "is_mma_enabled",
     "mma_mask",
 ]

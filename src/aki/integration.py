@@ -2,23 +2,26 @@
 
 ``enable_mma(model)`` switches the text model's attention implementation to an MMA-aware one that
 transformers' own registries know (``AttentionInterface`` for the attention call,
-``AttentionMaskInterface`` for the mask), and lets ``model.forward`` / ``model.generate`` take
-``mma_roles``. During a forward with roles, the per-token :class:`aki.mma.MmaLayout` is held in a context
-variable; the registered mask functions OR the MMA extension into the mask function transformers composed
-(causal, sliding window), before transformers intersects padding. Nothing else changes: without roles
-(or without media) every call goes to transformers' own functions, bit for bit.
+``AttentionMaskInterface`` for the mask), and lets the model take ``mma_roles``. A forward pre-hook (and the
+class's ``forward``, for direct calls) computes the per-token :class:`aki.mma.MmaLayout` of the call and holds
+it in a context variable while the model runs; the registered mask functions OR the MMA extension into the
+mask function transformers composed (causal, sliding window, packing) before padding is intersected. The hook
+runs whatever ``forward`` is in place, so a trainer that replaces it on the instance (TRL's fused LM head) keeps
+MMA. Without roles (or without media) every call goes to transformers' own functions, bit for bit.
 
-Three implementations are registered:
+The implementations (``docs/design.md``):
 
-* ``aki_mma_sdpa``: SDPA. Every row is computed with the model's usual causal mask (``is_causal`` when
-  there is no padding), then only the media rows are recomputed over the prompt span with a small mask.
-  MMA changes only those rows, so this is exact and costs little more than causal attention.
+* ``aki_mma_<kernel>`` for any causal kernel (``sdpa``, ``flash_attention_2`` / ``_3``, a hub kernel, ...): the
+  kernel computes every row with its own causal / padding / window handling, then only the media rows are
+  recomputed with SDPA over the prompt span with a small mask. MMA changes only those rows, so this is exact on
+  top of any kernel that computes causal attention. With ``sdpa`` and at most 512 keys, one dense mask instead.
 * ``aki_mma_eager``: the model's own eager attention with the additive MMA mask.
-* ``aki_mma_flex`` / ``aki_mma_flex_compiled``: FlexAttention with a ``BlockMask`` built from block
-  summaries of the layout (no ``L x L`` tensor). FlexAttention has no backward on CPU.
+* ``aki_mma_flex`` / ``aki_mma_flex_compiled``: FlexAttention with a ``BlockMask`` built from block summaries of
+  the layout (no ``L x L`` tensor). FlexAttention has no backward on CPU.
 
-Flash-attention kernels cannot take an arbitrary mask, so MMA refuses them (at enable time, and at the
-next forward if the implementation is switched later).
+No path is silently causal: deriving roles without labels while training with gradients raises (the answer
+would count as prompt text), ``mma_roles`` given to a model whose MMA was switched off raises, and an
+``aki_mma_*`` implementation running on a model on which MMA is not enabled raises.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ import contextvars
 import functools
 import inspect
 import sys
-from collections.abc import Iterator
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +44,7 @@ from transformers import AttentionInterface, LlamaModel, PreTrainedModel
 from transformers.integrations.flex_attention import flex_attention_forward
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import (
+    ALL_MASK_ATTENTION_FUNCTIONS,
     AttentionMaskInterface,
     add_offsets_to_mask_function,
     and_masks,
@@ -47,23 +54,29 @@ from transformers.masking_utils import (
     or_masks,
     padding_mask_function,
     prepare_padding_mask,
-    sdpa_mask,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .mma import MmaLayout, Role, mma_layout, roles_from_labels
+from .mma import MmaLayout, Role, mma_layout, roles_from_token_ids
 
 __all__ = [
     "CACHE_KWARG",
     "MMA_IMPLEMENTATIONS",
+    "MediaRowPatch",
     "disable_mma",
     "enable_mma",
+    "from_pretrained",
     "is_mma_enabled",
+    "media_token_ids",
     "mma_context",
+    "mma_implementation",
 ]
 
 _LAYOUT: contextvars.ContextVar[MmaLayout | None] = contextvars.ContextVar("aki_mma_layout", default=None)
+# Which MMA-enabled model the running forward belongs to (id), set by its pre-hook or its forward.
+_OWNER: contextvars.ContextVar[int | None] = contextvars.ContextVar("aki_mma_owner", default=None)
 
-# Our registered implementation for each plain one, and back.
+# Our registered implementation for each plain one (more are registered on demand: any causal kernel).
 MMA_IMPLEMENTATIONS = {
     "sdpa": "aki_mma_sdpa",
     "eager": "aki_mma_eager",
@@ -89,6 +102,11 @@ _MEDIA_TOKEN_ATTRIBUTES = (
     "audio_token_index",
     "media_token_id",
 )
+# What enable_mma records in a model's config, so that a saved model comes back with MMA (from_pretrained).
+CONFIG_KEY = "aki_mma"
+# The text configs of the models MMA is enabled on: an aki_mma_* implementation running under any other config
+# belongs to a model that was never given to enable_mma.
+_ENABLED_CONFIGS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> config
 
 
 @contextmanager
@@ -108,13 +126,14 @@ def mma_context(layout: MmaLayout | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class MediaRowPatch:
-    """The causal mask for every row, plus a small mask for the media rows that MMA changes.
+    """The kernel's own mask for every row, plus a small mask for the media rows that MMA changes.
 
-    ``base`` is what ``sdpa_mask`` gives for the causal pattern (None means ``is_causal``). The media rows
-    are grouped per batch row into ``slots`` so one SDPA call recomputes them all over keys ``[0, span)``.
+    ``base`` is what the kernel's mask interface gives for the causal pattern (``sdpa``: None means
+    ``is_causal``; flash: the 2D padding mask or None). The media rows are grouped per batch row into ``slots``
+    so one SDPA call recomputes them all over keys ``[0, span)``.
     """
 
-    base: torch.Tensor | None
+    base: Any
     slot_query: torch.Tensor  # (B, M) local query index of each slot (0 for unused slots)
     slot_mask: torch.Tensor  # (B, 1, M, span) bool, allowed keys of each slot
     row_batch: torch.Tensor  # (N,) batch index of each media row
@@ -138,8 +157,17 @@ def _media_rows(layout: MmaLayout, q_offset: int, q_length: int) -> tuple[torch.
     return rows_b, rows_q + q_offset
 
 
-def _layout_rows(q_offset: Any, q_length: int):
-    """The active layout and its changed rows for this query range, or None when MMA changes nothing."""
+def _layout_rows(implementation: str, q_offset: Any, q_length: int, config: Any = None):
+    """The active layout and its changed rows for this query range, or None when MMA changes nothing.
+
+    Raises when an ``aki_mma_*`` implementation runs on a model that was never given to :func:`enable_mma`
+    (loaded with ``attn_implementation="aki_mma_..."``): its roles could never reach attention.
+    """
+    if config is not None and _ENABLED_CONFIGS.get(id(config)) is not config:
+        raise RuntimeError(
+            f"attention implementation {implementation!r} is aki's MMA, but MMA is not enabled on this model: "
+            "its roles cannot reach attention. Call aki.enable_mma(model) (or load it with aki.from_pretrained)."
+        )
     layout = _LAYOUT.get()
     if layout is None:
         return None
@@ -152,38 +180,33 @@ def _with_padding(mask_function, attention_mask, kv_length: int, kv_offset: int)
     return mask_function if padding is None else and_masks(mask_function, padding_mask_function(padding))
 
 
-def _mma_sdpa_mask(*, batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, **kwargs):
-    """sdpa mask interface: the plain mask, plus a :class:`MediaRowPatch` when MMA changes some rows."""
-    mask_function = mask_function or causal_mask_function
-    plain = functools.partial(
-        sdpa_mask,
-        batch_size=batch_size,
-        q_length=q_length,
-        kv_length=kv_length,
-        q_offset=q_offset,
-        kv_offset=kv_offset,
-        **kwargs,
-    )
-    found = _layout_rows(q_offset, q_length)
-    if found is None:
-        return plain(mask_function=mask_function)
-    layout, rows_b, rows_q = found
-    full_function = or_masks(mask_function, layout.extension_function())
-    if kwargs.get("use_vmap", False) or kv_length <= SDPA_DENSE_MASK_MAX_KEYS:
-        # Short sequences: one dense mask costs less than the second, small SDPA call of the patch. And a
-        # model that composed its own mask functions may need vmap: build the whole mask densely.
-        return plain(mask_function=full_function, allow_is_causal_skip=False)
+def media_row_patch(
+    layout: MmaLayout,
+    rows_b: torch.Tensor,
+    rows_q: torch.Tensor,
+    *,
+    base: Any,
+    batch_size: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Callable = causal_mask_function,
+    attention_mask: torch.Tensor | None = None,
+) -> MediaRowPatch:
+    """The :class:`MediaRowPatch` of the changed rows ``(rows_b, rows_q)`` (absolute query indices).
 
-    q_offset, kv_offset = int(q_offset), int(kv_offset)
-    # Keys a media row may reach: up to its next response (exclusive), in local key coordinates.
-    reach = int(layout.media_end[rows_b, rows_q].max()) - kv_offset
+    Each row's keys are ``mask_function`` (causal, window, packing) OR the MMA extension, AND padding, over the
+    keys a media row may reach (up to its next response).
+    """
+    full_function = or_masks(mask_function, layout.extension_function())
+    reach = int(layout.media_end[rows_b, rows_q].max()) - kv_offset  # local keys, exclusive
     span = max(1, min(kv_length, reach))
     keys = torch.arange(span, device=rows_b.device) + kv_offset
-    allowed_function = _with_padding(full_function, kwargs.get("attention_mask"), kv_length, kv_offset)
+    allowed_function = _with_padding(full_function, attention_mask, kv_length, kv_offset)
     row_mask = allowed_function(
         rows_b[:, None], torch.zeros_like(rows_b)[:, None], rows_q[:, None], keys[None, :]
     )
-    row_mask = row_mask.expand(rows_b.numel(), span)
+    row_mask = row_mask.expand(rows_b.numel(), span)  # (N, span)
 
     # Group the rows per batch row into slots, so one batched SDPA call serves them all.
     counts = torch.bincount(rows_b, minlength=batch_size)
@@ -194,20 +217,48 @@ def _mma_sdpa_mask(*, batch_size, q_length, kv_length, q_offset=0, kv_offset=0, 
     slot_query[rows_b, row_slot] = rows_q - q_offset
     slot_mask = torch.ones(batch_size, 1, slots, span, dtype=torch.bool, device=rows_b.device)
     slot_mask[rows_b, 0, row_slot] = row_mask
-    return MediaRowPatch(
-        base=plain(mask_function=mask_function),
-        slot_query=slot_query,
-        slot_mask=slot_mask,
-        row_batch=rows_b,
-        row_query=rows_q - q_offset,
-        row_slot=row_slot,
-    )
+    return MediaRowPatch(base, slot_query, slot_mask, rows_b, rows_q - q_offset, row_slot)
+
+
+def _split_mask(kernel: str) -> Callable:
+    """The mask interface of ``aki_mma_<kernel>``: the kernel's own mask, plus a patch for the media rows."""
+    implementation = MMA_IMPLEMENTATIONS[kernel]
+
+    @torch.compiler.disable  # data-dependent shapes; runs once per forward, outside the decoder layers
+    def split_mask(*, batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, **kwargs):
+        mask_function = mask_function or causal_mask_function
+        kernel_mask = ALL_MASK_ATTENTION_FUNCTIONS.get(kernel)  # None: the kernel gets no mask (transformers)
+        sizes = {"batch_size": batch_size, "q_length": q_length, "kv_length": kv_length}
+        plain = functools.partial(kernel_mask, **sizes, q_offset=q_offset, kv_offset=kv_offset, **kwargs)
+        found = _layout_rows(implementation, q_offset, q_length, kwargs.get("config"))
+        if found is None:
+            return None if kernel_mask is None else plain(mask_function=mask_function)
+        layout, rows_b, rows_q = found
+        if kernel == "sdpa" and (kwargs.get("use_vmap", False) or kv_length <= SDPA_DENSE_MASK_MAX_KEYS):
+            # Short sequences: one dense mask costs less than the second, small SDPA call of the patch. And a
+            # model that composed its own mask functions may need vmap: build the whole mask densely.
+            full_function = or_masks(mask_function, layout.extension_function())
+            return plain(mask_function=full_function, allow_is_causal_skip=False)
+        return media_row_patch(
+            layout,
+            rows_b,
+            rows_q,
+            base=None if kernel_mask is None else plain(mask_function=mask_function),
+            batch_size=batch_size,
+            kv_length=kv_length,
+            q_offset=int(q_offset),
+            kv_offset=int(kv_offset),
+            mask_function=mask_function,
+            attention_mask=kwargs.get("attention_mask"),
+        )
+
+    return split_mask
 
 
 def _mma_eager_mask(*, q_offset=0, q_length, mask_function=None, **kwargs):
     """eager mask interface: the additive mask with the MMA extension ORed in before padding."""
     mask_function = mask_function or causal_mask_function
-    found = _layout_rows(q_offset, q_length)
+    found = _layout_rows("aki_mma_eager", q_offset, q_length, kwargs.get("config"))
     if found is not None:
         mask_function = or_masks(mask_function, found[0].extension_function())
     return eager_mask(q_offset=q_offset, q_length=q_length, mask_function=mask_function, **kwargs)
@@ -226,6 +277,7 @@ def _mma_flex_mask(
     **kwargs,
 ):
     """flex mask interface: a ``BlockMask`` for the composed mask with the MMA extension ORed in."""
+    _layout_rows("aki_mma_flex", q_offset, q_length, kwargs.get("config"))  # refuses a model never enabled
     layout = _LAYOUT.get()
     mask_function = mask_function or causal_mask_function
     if layout is None:
@@ -270,31 +322,41 @@ def _flex_block_size(length: int) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _mma_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """SDPA for every row with the causal mask, then the media rows again over the prompt span."""
-    if not isinstance(attention_mask, MediaRowPatch):
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+def _split_attention(kernel: str) -> Callable:
+    """The attention function of ``aki_mma_<kernel>``: the kernel for every row, then the media rows again."""
+    kernel_attention = sdpa_attention_forward if kernel == "sdpa" else None
+
+    def split_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        attend = kernel_attention or ALL_ATTENTION_FUNCTIONS[kernel]
+        if not isinstance(attention_mask, MediaRowPatch):
+            return attend(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+            raise ValueError(
+                f"MMA on {kernel!r} recomputes the media rows with SDPA, which cannot apply this model's "
+                "attention softcapping / sinks: use attn_implementation='eager' for MMA on this model"
+            )
+        output, _ = attend(
+            module, query, key, value, attention_mask.base, dropout=dropout, scaling=scaling, **kwargs
         )
-    patch = attention_mask
-    output, _ = sdpa_attention_forward(
-        module, query, key, value, patch.base, dropout=dropout, scaling=scaling, **kwargs
-    )  # (B, Lq, H, D)
+        return _patch_media_rows(output, query, key, value, attention_mask, dropout, scaling), None
+
+    return split_attention
+
+
+def _patch_media_rows(output, query, key, value, patch: MediaRowPatch, dropout: float, scaling):
+    """``output`` (B, Lq, H, D) with the media rows replaced by SDPA over the prompt span with their mask."""
     batch, heads, _, head_dim = query.shape
     slot_queries = query.gather(2, patch.slot_query[:, None, :, None].expand(batch, heads, -1, head_dim))
     groups = heads // key.shape[1]
     span_keys = repeat_kv(key[:, :, : patch.span], groups)  # (B, H, span, D)
     span_values = repeat_kv(value[:, :, : patch.span], groups)
     slot_output = torch.nn.functional.scaled_dot_product_attention(
-        slot_queries,
-        span_keys,
-        span_values,
-        attn_mask=patch.slot_mask,
-        dropout_p=dropout,
-        scale=scaling,
+        slot_queries, span_keys, span_values, attn_mask=patch.slot_mask, dropout_p=dropout, scale=scaling
     ).transpose(1, 2)  # (B, M, H, Dv)
     rows = slot_output[patch.row_batch, patch.row_slot].to(output.dtype)
-    return output.index_put((patch.row_batch, patch.row_query), rows), None
+    return output.index_put((patch.row_batch, patch.row_query), rows)
 
 
 def _mma_eager_attention(module, query, key, value, attention_mask, **kwargs):
@@ -346,23 +408,25 @@ def _mma_flex_attention(module, query, key, value, attention_mask, scaling=None,
     return output.transpose(1, 2).contiguous(), None
 
 
+def _register_split(kernel: str) -> str:
+    """Register ``aki_mma_<kernel>`` (the split on top of ``kernel``) with transformers; returns its name."""
+    name = MMA_IMPLEMENTATIONS.setdefault(kernel, f"aki_mma_{kernel}")
+    _PLAIN_IMPLEMENTATIONS[name] = kernel
+    AttentionInterface.register(name, _split_attention(kernel))
+    AttentionMaskInterface.register(name, _split_mask(kernel))
+    return name
+
+
 def _register() -> None:
-    attention = {
-        "aki_mma_sdpa": _mma_sdpa_attention,
-        "aki_mma_eager": _mma_eager_attention,
-        "aki_mma_flex": _mma_flex_attention,
-        "aki_mma_flex_compiled": functools.partial(_mma_flex_attention, compiled=True),
-    }
-    masks = {
-        "aki_mma_sdpa": _mma_sdpa_mask,
-        "aki_mma_eager": _mma_eager_mask,
-        "aki_mma_flex": _mma_flex_mask,
-        "aki_mma_flex_compiled": _mma_flex_mask,
-    }
-    for name, function in attention.items():
-        AttentionInterface.register(name, function)
-    for name, function in masks.items():
-        AttentionMaskInterface.register(name, function)
+    _register_split("sdpa")
+    AttentionInterface.register("aki_mma_eager", _mma_eager_attention)
+    AttentionMaskInterface.register("aki_mma_eager", _mma_eager_mask)
+    AttentionInterface.register("aki_mma_flex", _mma_flex_attention)
+    AttentionInterface.register(
+        "aki_mma_flex_compiled", functools.partial(_mma_flex_attention, compiled=True)
+    )
+    AttentionMaskInterface.register("aki_mma_flex", _mma_flex_mask)
+    AttentionMaskInterface.register("aki_mma_flex_compiled", _mma_flex_mask)
 
 
 _register()
@@ -377,21 +441,29 @@ def _text_config(model: PreTrainedModel):
     return model.config.get_text_config(decoder=True)
 
 
-def _mma_implementation(name: str | None) -> str:
+def mma_implementation(name: str | None) -> str:
+    """The registered MMA implementation for the attention implementation ``name`` (None: sdpa).
+
+    ``eager``, ``sdpa`` and ``flex_attention`` have their own; any other kernel that computes causal attention
+    (``flash_attention_2``, ``flash_attention_3``, a hub kernel, a kernel registered with ``AttentionInterface``)
+    gets the split on top of it. Paged attention is refused: its cache layout has no prompt span to recompute.
+    """
     name = name or "sdpa"
     if name in _PLAIN_IMPLEMENTATIONS:
         return name
-    if "flash" in name:
+    if name in MMA_IMPLEMENTATIONS:
+        return MMA_IMPLEMENTATIONS[name]
+    if name.startswith("paged"):
         raise ValueError(
-            f"MMA cannot run on attention implementation {name!r}: flash-attention kernels ignore custom "
-            "masks, so media tokens would silently stay causal. Use 'sdpa' (fast path), 'eager' or "
-            "'flex_attention'."
+            f"MMA cannot run on attention implementation {name!r}: paged attention (continuous batching) keeps "
+            "no contiguous prompt keys for the media rows. Use 'sdpa' or a flash kernel."
         )
-    if name not in MMA_IMPLEMENTATIONS:
+    if name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
         raise ValueError(
-            f"MMA does not know attention implementation {name!r}; supported: {sorted(MMA_IMPLEMENTATIONS)}"
+            f"MMA does not know attention implementation {name!r}: it is neither built in "
+            f"({sorted(MMA_IMPLEMENTATIONS)}) nor registered with transformers' AttentionInterface"
         )
-    return MMA_IMPLEMENTATIONS[name]
+    return _register_split(name)
 
 
 class _MmaModel:
@@ -403,11 +475,8 @@ class _MmaModel:
             attention_mask = None  # a prepared 4D mask is used as given
         input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         if mma_roles is None:
-            media_ids = _media_token_ids(self.config)
-            if input_ids is None or not media_ids:
-                return None
-            mma_roles = roles_from_labels(input_ids, media_ids, kwargs.get("labels"))
-            if not bool((mma_roles == Role.MEDIA).any()):
+            mma_roles = self._derived_roles(input_ids, kwargs.get("labels"), attention_mask)
+            if mma_roles is None:
                 return None
         mma_roles = torch.as_tensor(
             mma_roles, device=(input_ids if input_ids is not None else mma_roles).device
@@ -425,14 +494,92 @@ class _MmaModel:
                 f"mma_roles of shape {tuple(mma_roles.shape)} do not fit a sequence of {length} positions "
                 "(cached and new): roles cannot run past the input"
             )
-        return mma_layout(mma_roles, attention_mask, sequence_starts=_packed_starts(mma_roles, kwargs))
+        layout = mma_layout(mma_roles, attention_mask, sequence_starts=_packed_starts(mma_roles, kwargs))
+        if self.training and layout.has_media() and not bool(layout.key_is_text.any()):
+            warnings.warn(
+                "MMA equals causal attention on this training batch: it has media but no prompt TEXT token (every "
+                "text token is RESPONSE, e.g. a loss on the whole sequence). Label only the answers (-100 on the "
+                "prompt) for the media rows to see the question.",
+                stacklevel=4,
+            )
+        return layout
+
+    def _derived_roles(self, input_ids, labels, attention_mask) -> torch.Tensor | None:
+        """Roles from the media token ids of the config and ``labels`` (RESPONSE where labelled)."""
+        media_ids = media_token_ids(self.config)
+        if input_ids is None or not media_ids:
+            return None
+        roles = roles_from_token_ids(input_ids, media_ids, labels=labels, attention_mask=attention_mask)
+        if not bool((roles == Role.MEDIA).any()):
+            return None
+        if labels is None and self.training and torch.is_grad_enabled():
+            raise ValueError(
+                "MMA cannot derive the roles of this training batch: neither mma_roles nor labels reached the "
+                "model's forward, so the answer would count as prompt text and the media rows would see it. Put "
+                "mma_roles in the batch (aki.MmaDataCollator wraps any collator) or pass labels."
+            )
+        return roles
 
     def _check_mma_implementation(self) -> None:
         config = _text_config(self)
         current = config._attn_implementation
         if current not in _PLAIN_IMPLEMENTATIONS:
-            # Switched after enable_mma (e.g. set_attn_implementation): follow it, or refuse flash.
-            config._attn_implementation = _mma_implementation(current)
+            # Switched after enable_mma (e.g. set_attn_implementation): follow it, or refuse what cannot work.
+            config._attn_implementation = mma_implementation(current)
+
+    @torch.compiler.disable  # data-dependent checks; once per forward, before the decoder layers
+    def _mma_begin(self, args, kwargs, mma_roles) -> tuple:
+        self._check_mma_implementation()
+        layout = self._mma_layout(args, kwargs, mma_roles)
+        return _LAYOUT.set(layout), _OWNER.set(id(self))
+
+    def __reduce_ex__(self, protocol):
+        # The subclass is made at run time and named like its base (so pickle cannot find it): pickle the model as
+        # its base class and switch MMA on again when it is loaded (torch.save, deepcopy).
+        mma_class = type(self)
+        self.__class__ = mma_class._aki_base_class
+        try:
+            reduced = self.__reduce_ex__(protocol)
+        finally:
+            self.__class__ = mma_class
+        return (_restored_with_mma, reduced[:2], *reduced[2:])
+
+
+def _restored_with_mma(factory, arguments):
+    obj = factory(*arguments)
+    obj.__class__ = _mma_class(type(obj))
+    return obj
+
+
+@torch.compiler.disable
+def _end(tokens: tuple) -> None:
+    layout_token, owner_token = tokens
+    _OWNER.reset(owner_token)
+    _LAYOUT.reset(layout_token)
+
+
+def _pre_hook(module, args, kwargs):
+    """Before every call of an MMA-enabled model, whatever ``forward`` is in place: take ``mma_roles`` out of the
+    call and make its layout the one attention sees. On a model whose MMA was switched off, refuse roles.
+    """
+    if not isinstance(module, _MmaModel):
+        if kwargs.get("mma_roles") is not None:
+            raise ValueError(
+                "mma_roles were given to a model on which MMA is switched off (disable_mma): they would be "
+                "ignored and attention would be causal. Call aki.enable_mma(model), or drop mma_roles."
+            )
+        kwargs.pop("mma_roles", None)
+        return args, kwargs
+    mma_roles = kwargs.pop("mma_roles", None)
+    module._aki_calls.append(module._mma_begin(args, kwargs, mma_roles))
+    return args, kwargs
+
+
+def _post_hook(module, args, kwargs, output):
+    calls = getattr(module, "_aki_calls", None)
+    if isinstance(module, _MmaModel) and calls:
+        _end(calls.pop())
+    return output
 
 
 def _batch_size(input_ids, kwargs) -> int | None:
@@ -470,8 +617,13 @@ def _packed_starts(roles: torch.Tensor, kwargs) -> torch.Tensor | None:
     return torch.nn.functional.pad(restart, (1, 0), value=False)
 
 
-def _media_token_ids(config) -> list[int]:
+def media_token_ids(config) -> list[int]:
+    """The media placeholder ids a config names (``image_token_id``, ...) and those enable_mma recorded."""
     ids = []
+    recorded = getattr(config, CONFIG_KEY, None) or {}
+    for value in recorded.get("media_token_ids", []):
+        if value not in ids:
+            ids.append(value)
     for source in (config, getattr(config, "text_config", None)):
         for attribute in _MEDIA_TOKEN_ATTRIBUTES:
             value = getattr(source, attribute, None) if source is not None else None
@@ -486,10 +638,13 @@ def _mma_class(base: type) -> type:
     base_forward = base.forward
 
     def forward(self, *args, mma_roles: torch.Tensor | None = None, **kwargs):
-        self._check_mma_implementation()
-        layout = self._mma_layout(args, kwargs, mma_roles)
-        with mma_context(layout):
+        if _OWNER.get() == id(self) and mma_roles is None:  # the pre-hook of this call set the layout up
             return base_forward(self, *args, **kwargs)
+        tokens = self._mma_begin(args, kwargs, mma_roles)  # a direct .forward() call
+        try:
+            return base_forward(self, *args, **kwargs)
+        finally:
+            _end(tokens)
 
     # generate() accepts only the kwargs that forward's signature names: name every original one too.
     signature = inspect.signature(base_forward)
@@ -513,10 +668,12 @@ def _mma_class(base: type) -> type:
             # Derive a VLM's roles from the prompt once, so every generated position is RESPONSE, also
             # when decoding without a cache runs the grown sequence again.
             input_ids = inputs if isinstance(inputs, torch.Tensor) else kwargs.get("input_ids")
-            media_ids = _media_token_ids(self.config)
-            if mma_roles is None and input_ids is not None and media_ids:
-                derived = roles_from_labels(input_ids, media_ids)
-                mma_roles = derived if bool((derived == Role.MEDIA).any()) else None
+            if mma_roles is None and input_ids is not None:
+                mask = kwargs.get("attention_mask")
+                with torch.no_grad():
+                    mma_roles = self._derived_roles(
+                        input_ids, None, mask if mask is not None and mask.dim() == 2 else None
+                    )
             if mma_roles is not None:
                 kwargs["mma_roles"] = mma_roles
             return base_generate(self, inputs, *args, **kwargs)
@@ -525,39 +682,104 @@ def _mma_class(base: type) -> type:
     return type(base.__name__, (_MmaModel, base), namespace)
 
 
-def enable_mma(model: PreTrainedModel, *, attn_implementation: str | None = None) -> PreTrainedModel:
+def _unwrap(model: Any) -> Any:
+    """The transformers model inside the wrappers training stacks put around it (peft, torch.compile, DDP)."""
+    for _ in range(8):
+        if isinstance(model, PreTrainedModel):
+            return model
+        if hasattr(model, "get_base_model"):  # peft's PeftModel
+            model = model.get_base_model()
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP, DataParallel
+            model = model.module
+        else:
+            break
+    return model
+
+
+def enable_mma(
+    model: Any,
+    *,
+    attn_implementation: str | None = None,
+    media_token_ids: list[int] | None = None,
+    record: bool = True,
+) -> Any:
     """Turn Modality-Mutual Attention on, in place, for a Hugging Face model; returns the model.
 
     After it, ``model(..., mma_roles=roles)`` and ``model.generate(..., mma_roles=roles)`` apply MMA
-    (``roles`` ``[B, L]`` of :class:`aki.mma.Role`; generated positions are RESPONSE). On a model whose
-    config names a media token (``image_token_id``, ...), roles are derived from ``input_ids`` (and
-    ``labels``) when omitted. The attention implementation of the text model is kept (sdpa, eager,
-    flex_attention) unless ``attn_implementation`` names another; flash-attention raises ``ValueError``.
+    (``roles`` ``[B, L]`` of :class:`aki.mma.Role`; generated positions are RESPONSE). On a model whose config
+    names a media token (``image_token_id``, ...) or that is given ``media_token_ids``, roles are derived from
+    ``input_ids`` and ``labels`` when omitted. The attention implementation of the text model is kept unless
+    ``attn_implementation`` names another: sdpa, eager, flex_attention, or any causal kernel (flash attention,
+    hub kernels), under which the media rows are recomputed with SDPA. ``model`` may be wrapped by peft,
+    ``torch.compile`` or DDP. With ``record``, the settings go into ``model.config`` (``aki_mma``), so
+    :func:`from_pretrained` restores MMA from a saved directory.
 
     Example:
         >>> model = enable_mma(AutoModelForCausalLM.from_pretrained(path))   # doctest: +SKIP
         >>> model(input_ids, attention_mask=mask, mma_roles=roles)          # doctest: +SKIP
     """
-    if not isinstance(model, PreTrainedModel):
+    target = _unwrap(model)
+    if not isinstance(target, PreTrainedModel):
         raise TypeError(f"enable_mma expects a transformers PreTrainedModel, got {type(model).__name__}")
-    config = _text_config(model)
-    config._attn_implementation = _mma_implementation(attn_implementation or config._attn_implementation)
-    if not isinstance(model, _MmaModel):
-        model.__class__ = _mma_class(type(model))
+    recorded = getattr(target.config, CONFIG_KEY, None) or {}
+    config = _text_config(target)
+    requested = attn_implementation or recorded.get("attn_implementation") or config._attn_implementation
+    config._attn_implementation = mma_implementation(requested)
+    _ENABLED_CONFIGS[id(config)] = config
+    if not isinstance(target, _MmaModel):
+        target.__class__ = _mma_class(type(target))
+    if not getattr(target, "_aki_hooked", False):
+        target.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+        target.register_forward_hook(_post_hook, with_kwargs=True, always_call=True)
+        target._aki_hooked = True
+    target._aki_calls = []
+    ids = list(media_token_ids if media_token_ids is not None else recorded.get("media_token_ids", []))
+    if record or ids:
+        entry = {"attn_implementation": _PLAIN_IMPLEMENTATIONS[config._attn_implementation]}
+        setattr(target.config, CONFIG_KEY, {**entry, **({"media_token_ids": ids} if ids else {})})
     return model
 
 
-def disable_mma(model: PreTrainedModel) -> PreTrainedModel:
-    """Undo :func:`enable_mma`: the model's own class and plain attention implementation again."""
-    if isinstance(model, _MmaModel):
-        config = _text_config(model)
+def disable_mma(model: Any) -> Any:
+    """Undo :func:`enable_mma`: the model's own class and plain attention implementation again. ``mma_roles``
+    given to the model afterwards raise (they would be ignored).
+    """
+    target = _unwrap(model)
+    if isinstance(target, _MmaModel):
+        config = _text_config(target)
         config._attn_implementation = _PLAIN_IMPLEMENTATIONS.get(
             config._attn_implementation, config._attn_implementation
         )
-        model.__class__ = type(model)._aki_base_class
+        target.__class__ = type(target)._aki_base_class
+        _ENABLED_CONFIGS.pop(id(config), None)
+        if hasattr(target.config, CONFIG_KEY):
+            delattr(target.config, CONFIG_KEY)
     return model
 
 
-def is_mma_enabled(model: PreTrainedModel) -> bool:
-    """Whether :func:`enable_mma` is in effect on ``model``."""
-    return isinstance(model, _MmaModel)
+def is_mma_enabled(model: Any) -> bool:
+    """Whether :func:`enable_mma` is in effect on ``model`` (seen through peft, torch.compile and DDP)."""
+    return isinstance(_unwrap(model), _MmaModel)
+
+
+def from_pretrained(path: str | Path, *, model_class: Any = None, **kwargs: Any) -> Any:
+    """Load a saved model and switch MMA on again if it was saved with it (``aki_mma`` in its config).
+
+    ``model_class`` defaults to ``AutoModelForImageTextToText`` for a config with a vision part, else
+    ``AutoModelForCausalLM``; ``kwargs`` go to its ``from_pretrained``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from . import models  # noqa: F401  (AKI with the Auto classes)
+
+    if model_class is None:
+        config = AutoConfig.from_pretrained(path)
+        model_class = (
+            AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+        )
+    model = model_class.from_pretrained(path, **kwargs)
+    if getattr(model.config, CONFIG_KEY, None):
+        enable_mma(model, attn_implementation=kwargs.get("attn_implementation"))
+    return model

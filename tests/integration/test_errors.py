@@ -1,11 +1,11 @@
-"""``enable_mma`` fails loudly: bad roles and flash-attention raise errors that name the problem."""
+"""``enable_mma`` fails loudly: bad roles and implementations MMA cannot run on raise errors that name the problem."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from aki.integration import disable_mma, enable_mma, is_mma_enabled
+from aki.integration import MMA_IMPLEMENTATIONS, disable_mma, enable_mma
 from aki.mma import Role
 
 from .tiny import batch, build, logits, text_config
@@ -54,33 +54,36 @@ def test_generate_refuses_roles_of_another_batch_size():
         build("llama", mma=True).generate(**inputs, mma_roles=roles[:1], max_new_tokens=2)
 
 
-def test_enable_mma_refuses_a_flash_attention_model():
-    """A model already on flash-attention is refused, and left as it was."""
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "flash_attention_3"])
+def test_flash_attention_runs_mma_by_the_split_instead_of_being_refused(kernel):
+    """A flash kernel computes causal attention for every row; MMA recomputes only the media rows on top of it.
+
+    (Flash kernels need CUDA: their numbers are checked in test_kernels.py on a stand-in, and on a GPU.)
+    """
     model = build("llama")
-    model.config._attn_implementation = "flash_attention_2"
-    with pytest.raises(ValueError, match=r"'flash_attention_2'.*flash-attention kernels ignore custom masks"):
-        enable_mma(model)
-    assert not is_mma_enabled(model) and model.config._attn_implementation == "flash_attention_2"
-
-
-@pytest.mark.parametrize("implementation", ["flash_attention_2", "flash_attention_3"])
-def test_enable_mma_refuses_to_switch_to_flash_attention(implementation):
-    with pytest.raises(ValueError, match=f"'{implementation}'.*flash-attention"):
-        enable_mma(build("llama"), attn_implementation=implementation)
+    model.config._attn_implementation = kernel
+    enable_mma(model)
+    assert text_config(model)._attn_implementation == f"aki_mma_{kernel}"
+    assert MMA_IMPLEMENTATIONS[kernel] == f"aki_mma_{kernel}"
 
 
 def test_enable_mma_refuses_an_unknown_implementation():
-    with pytest.raises(ValueError, match="does not know attention implementation 'paged_attention'"):
-        enable_mma(build("llama"), attn_implementation="paged_attention")
+    with pytest.raises(ValueError, match="does not know attention implementation 'no_such_kernel'"):
+        enable_mma(build("llama"), attn_implementation="no_such_kernel")
+
+
+def test_enable_mma_refuses_paged_attention_naming_mma():
+    with pytest.raises(ValueError, match=r"MMA cannot run on attention implementation 'paged\|sdpa'"):
+        enable_mma(build("llama"), attn_implementation="paged|sdpa")
 
 
 @pytest.mark.parametrize("name", ["llama", "llava"])
-def test_switching_to_flash_attention_after_enable_mma_fails_at_the_next_forward(name):
+def test_switching_to_an_unknown_implementation_after_enable_mma_fails_at_the_next_forward(name):
     """Never a silent fallback to causal attention: the forward after the switch raises."""
     inputs, roles = batch(name, ["T M M M M T T R"])
     model = build(name, mma=True)
-    model.config._attn_implementation = "flash_attention_2"
-    with pytest.raises(ValueError, match="flash-attention kernels ignore custom masks"):
+    text_config(model)._attn_implementation = "no_such_kernel"
+    with pytest.raises(ValueError, match="MMA does not know attention implementation 'no_such_kernel'"):
         model(**inputs, mma_roles=roles)
 
 

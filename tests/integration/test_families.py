@@ -57,12 +57,15 @@ def test_logits_equal_the_dense_reference(name, implementation):
     torch.testing.assert_close(actual[valid], expected[valid], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "causal_stand_in"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_mma_changes_every_media_row_and_no_row_before_the_first_media(name):
-    """MMA is really applied (no silent causal fallback): each media row's logits move away from causal."""
+def test_mma_changes_every_media_row_and_no_row_before_the_first_media(name, implementation):
+    """MMA is really applied (no silent causal fallback): each media row's logits move away from causal, on
+    sdpa and on a kernel that ignores masks as FlashAttention does.
+    """
     inputs, roles = batch(name, layouts(name))
-    causal = logits(build(name), inputs)
-    mma = logits(build(name, mma=True), inputs, roles)
+    causal = logits(build(name, implementation), inputs)
+    mma = logits(build(name, implementation, mma=True), inputs, roles)
     change = (mma - causal).abs().amax(-1)  # (B, L)
     valid = inputs["attention_mask"].bool()
     before_media = valid & ((roles == Role.MEDIA).cumsum(-1) == 0)

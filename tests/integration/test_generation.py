@@ -40,6 +40,9 @@ PROMPTS = {
     True: ["T M M M M T T T", "T T M M M M T T T T T"],
 }
 CASES = [
+    ("llama", "causal_stand_in"),
+    ("mistral", "causal_stand_in"),
+    ("llava", "causal_stand_in"),
     ("llama", "sdpa"),
     ("llama", "eager"),
     ("llama", "flex_attention"),

@@ -75,7 +75,8 @@ def test_prompt_text_after_an_image_changes_the_image_rows(name):
     assert causal_change.abs().max() < 1e-6
 
 
-def test_packed_sequences_stay_independent():
+@pytest.mark.parametrize("implementation", ["sdpa", "causal_stand_in"])
+def test_packed_sequences_stay_independent(implementation):
     """Sequences packed in one row (position ids restart; no attention mask, no cache) do not see each other.
 
     transformers isolates such sequences; media of the first must not see the text of the second either.
@@ -83,7 +84,7 @@ def test_packed_sequences_stay_independent():
     first, second = parse_layout("T M M T T T"), parse_layout("T T T R R R")
     input_ids = torch.randint(FIRST_TEXT_TOKEN, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
     position_ids = torch.arange(6).repeat(2)[None]
-    model = build("llama", mma=True)
+    model = build("llama", implementation, mma=True)
     with torch.no_grad():
         packed = model(
             input_ids=input_ids,
@@ -92,4 +93,6 @@ def test_packed_sequences_stay_independent():
             use_cache=False,
         ).logits
         alone = model(input_ids=input_ids[:, :6], mma_roles=first, use_cache=False).logits
+        second_alone = model(input_ids=input_ids[:, 6:], mma_roles=second, use_cache=False).logits
     torch.testing.assert_close(packed[:, :6], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed[:, 6:], second_alone, atol=1e-5, rtol=0)

@@ -18,6 +18,9 @@ CASES = [(name, "sdpa") for name in FAMILIES] + [
     ("llama", "flex_attention"),
     ("gemma3", "eager"),
     ("gemma3", "flex_attention"),
+    ("llama", "causal_stand_in"),
+    ("gemma3", "causal_stand_in"),
+    ("llava", "causal_stand_in"),
 ]
 
 

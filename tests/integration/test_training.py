@@ -20,7 +20,7 @@ def loss_and_gradients(model, inputs: dict, labels: torch.Tensor, **extra):
     return loss.detach(), {name: parameter.grad for name, parameter in model.named_parameters()}
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager", "causal_stand_in"])
 @pytest.mark.parametrize("name", ["llama", "gemma3"])
 def test_gradients_equal_the_dense_reference(name, implementation):
     """Backward through the MMA implementation gives the gradients of the plain model with dense 4D masks."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
+    AttentionInterface,
     CLIPVisionConfig,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
@@ -34,6 +35,8 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
 )
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
 from aki.integration import enable_mma
 from aki.mma import Role, parse_layout
@@ -44,7 +47,8 @@ IMAGE_TOKEN = 3  # image placeholder of the VLMs
 FIRST_TEXT_TOKEN = 8  # random text ids are drawn from [FIRST_TEXT_TOKEN, VOCAB): never special
 WINDOW = 4  # sliding window of Mistral and of Gemma3's sliding layers: shorter than every prompt used
 IMAGE_TOKENS = 4  # language-model positions per image, in both VLMs
-IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
+# "causal_stand_in" is a FlashAttention stand-in (below): MMA runs on it by the split, as on any causal kernel.
+IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "causal_stand_in")
 
 _TEXT = dict(
     vocab_size=VOCAB,
@@ -154,6 +158,49 @@ def build(name: str, implementation: str = "sdpa", *, mma: bool = False) -> PreT
         return enable_mma(model, attn_implementation=implementation)
     text_config(model)._attn_implementation = implementation
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# A stand-in for FlashAttention on the CPU
+# --------------------------------------------------------------------------------------------------
+
+
+def causal_stand_in(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None, **kwargs
+):
+    """What FlashAttention computes, in plain torch: causal attention within a window, over the keys a 2D padding
+    mask keeps, packed sequences (position ids restarting, no mask) kept apart, and nothing else: any other
+    mask (MMA's) is ignored, as the real kernels ignore it. It gets the masks transformers gives flash kernels.
+    """
+    batch, heads, q_length, _ = query.shape
+    kv_length = key.shape[2]
+    q_positions = torch.arange(kv_length - q_length, kv_length)[:, None]
+    k_positions = torch.arange(kv_length)[None, :]
+    allowed = k_positions <= q_positions  # (Lq, Lk)
+    if sliding_window is not None:
+        allowed = allowed & (k_positions > q_positions - sliding_window)
+    allowed = allowed.expand(batch, 1, q_length, kv_length)
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, -kv_length:].bool()
+    elif position_ids is not None and q_length == kv_length:
+        sequence = (position_ids.expand(batch, -1) == 0).cumsum(-1)  # (B, L): which packed sample
+        allowed = allowed & (sequence[:, None, :, None] == sequence[:, None, None, :])
+    allowed = allowed | ~allowed.any(-1, keepdim=True)  # a padded query row attends to all: finite, unused
+    groups = heads // key.shape[1]
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        repeat_kv(key, groups),
+        repeat_kv(value, groups),
+        attn_mask=allowed,
+        dropout_p=dropout,
+        scale=scaling,
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("causal_stand_in", causal_stand_in)
+AttentionMaskInterface.register("causal_stand_in", flash_attention_mask)  # the 2D padding mask, as for flash
 
 
 # --------------------------------------------------------------------------------------------------

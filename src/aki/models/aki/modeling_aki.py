@@ -93,7 +93,7 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
                 nn.Linear(head.in_features, head.out_features, bias=True)
             )
         if config.use_mma:
-            enable_mma(self.language_model)
+            enable_mma(self.language_model, record=False)  # AkiConfig.use_mma is the record
         self.post_init()
         if self.generation_config is not None and config.media_token_id is not None:
             # A placeholder is never an answer: without pixels behind it, it would embed as plain text.
@@ -118,7 +118,7 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
     def set_mma(self, enabled: bool) -> None:
         """Switch Modality-Mutual Attention on or off (off: plain causal attention, bit for bit)."""
         if enabled:
-            enable_mma(self.language_model)
+            enable_mma(self.language_model, record=False)  # AkiConfig.use_mma is the record
         else:
             disable_mma(self.language_model)
         self.config.use_mma = enabled
