@@ -26,7 +26,8 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.profiler import ProfilerActivity, profile
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import causal_mask_function
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from _common import (
     MULTI_IMAGE,
@@ -40,10 +41,11 @@ from _common import (
     report_ratio,
     time_interleaved,
 )
-from aki.integration import _mma_sdpa_attention, _mma_sdpa_mask, mma_context
+from aki.integration import mma_context
 from aki.mma import MmaLayout, mma_layout
 
 HEADS, HEAD_DIM = 8, 64
+MMA_SDPA = ALL_ATTENTION_FUNCTIONS["aki_mma_sdpa"]  # what enable_mma registered with transformers
 # What the attention interface hands to an attention function; only these attributes are read.
 MODULE = types.SimpleNamespace(is_causal=True, num_key_value_groups=1, training=False)
 
@@ -52,7 +54,7 @@ def patch_mask(layout: MmaLayout):
     """The mask ``aki_mma_sdpa`` gets from its mask interface for a full prefill / training forward."""
     batch, length = layout.valid.shape
     with mma_context(layout):
-        return _mma_sdpa_mask(
+        return ALL_MASK_ATTENTION_FUNCTIONS["aki_mma_sdpa"](
             batch_size=batch,
             q_length=length,
             kv_length=length,
@@ -87,8 +89,8 @@ def attention_variants(q, k, v, layout: MmaLayout, roles: torch.Tensor, flex) ->
         "flex + MMA BlockMask, full_blocks=False": lambda: (
             flex(q, k, v, block_mask=checked_block_mask).transpose(1, 2).contiguous()
         ),
-        "aki media-row patch": lambda: _mma_sdpa_attention(MODULE, q, k, v, patch)[0],
-        "aki media-row patch + its mask build": lambda: _mma_sdpa_attention(
+        "aki media-row patch": lambda: MMA_SDPA(MODULE, q, k, v, patch)[0],
+        "aki media-row patch + its mask build": lambda: MMA_SDPA(
             MODULE, q, k, v, patch_mask(mma_layout(roles))
         )[0],
     }

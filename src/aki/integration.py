@@ -163,7 +163,8 @@ def _layout_rows(implementation: str, q_offset: Any, q_length: int, config: Any 
     Raises when an ``aki_mma_*`` implementation runs on a model that was never given to :func:`enable_mma`
     (loaded with ``attn_implementation="aki_mma_..."``): its roles could never reach attention.
     """
-    if config is not None and _ENABLED_CONFIGS.get(id(config)) is not config:
+    known = config is None or _ENABLED_CONFIGS.get(id(config)) is config
+    if not known and _OWNER.get() is None:
         raise RuntimeError(
             f"attention implementation {implementation!r} is aki's MMA, but MMA is not enabled on this model: "
             "its roles cannot reach attention. Call aki.enable_mma(model) (or load it with aki.from_pretrained)."
@@ -530,6 +531,7 @@ class _MmaModel:
     @torch.compiler.disable  # data-dependent checks; once per forward, before the decoder layers
     def _mma_begin(self, args, kwargs, mma_roles) -> tuple:
         self._check_mma_implementation()
+        _ENABLED_CONFIGS[id(_text_config(self))] = _text_config(self)  # also after unpickling
         layout = self._mma_layout(args, kwargs, mma_roles)
         return _LAYOUT.set(layout), _OWNER.set(id(self))
 

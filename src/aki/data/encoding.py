@@ -132,6 +132,12 @@ class ChatEncoder(_Encoder):
             raise BadSample(raw.id, "a fine-tuning sample needs 'conversations'")
         width = images[0].width if images else 1
         messages = [self._message(raw, turn, flip=flip, image_width=width) for turn in raw.conversations]
+        return self.encode_chat(raw, messages, images)
+
+    def encode_chat(
+        self, raw: RawSample, messages: list[dict[str, Any]], images: list[Image.Image]
+    ) -> Encoded:
+        """A chat of Hugging Face messages (image items ``{"type": "image"}``) and its decoded images."""
         try:
             rendered = self.tokenizer.apply_chat_template(
                 messages,
@@ -167,6 +173,27 @@ class ChatEncoder(_Encoder):
         return {"role": role, "content": items}
 
 
+class ChatCollator:
+    """A data collator for trainers that hand it dataset rows of Hugging Face chats (TRL's vision format):
+    ``{"messages": [...], "images": [...]}`` -> :func:`collate` of :meth:`ChatEncoder.encode_chat`: the AKI
+    template's tokens, labels on the answers only and the MMA roles of the same pass.
+
+    Example:
+        >>> SFTTrainer(model=aki_model, data_collator=ChatCollator(processor), ...)  # doctest: +SKIP
+    """
+
+    def __init__(self, processor: Any, *, max_length: int = 4096) -> None:
+        self.encoder = ChatEncoder(processor, max_length=max_length, order="as_is")
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        encoded = []
+        for index, row in enumerate(rows):
+            raw = RawSample(str(row.get("id", index)), tuple(row.get("images") or ()))
+            messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+            encoded.append(self.encoder.encode_chat(raw, messages, self.encoder._images(raw, False)))
+        return collate(encoded, processor=self.encoder.processor)
+
+
 def collate(samples: list[Encoded], *, processor: Any) -> dict[str, torch.Tensor]:
     """Right-pad encoded samples into a batch (:meth:`AkiProcessor.pad`): ``input_ids``, ``attention_mask``,
     ``mma_roles``, ``labels`` ``(B, L)`` and ``pixel_values`` ``(N, 3, H, W)`` (images in placeholder order;
@@ -180,4 +207,4 @@ def collate(samples: list[Encoded], *, processor: Any) -> dict[str, torch.Tensor
     return batch
 
 
-__all__ = ["CaptionEncoder", "ChatEncoder", "Encoded", "collate"]
+__all__ = ["CaptionEncoder", "ChatCollator", "ChatEncoder", "Encoded", "collate"]

@@ -35,6 +35,9 @@ class AkiCausalLMOutputWithPast(ModelOutput):
     logits: torch.FloatTensor | None = None
     cache: Cache | None = None
     past_key_values: Cache | None = None
+    last_hidden_state: torch.FloatTensor | None = (
+        None  # the language model's, before its head (TRL's fused head)
+    )
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_outputs: BaseModelOutputWithPooling | None = None
@@ -238,20 +241,30 @@ class AkiForConditionalGeneration(AkiPreTrainedModel, GenerationMixin):
             if mma_roles is not None and past_length >= mma_roles.shape[1]:
                 mma_roles = None  # decoding past the prompt: every query is RESPONSE, attention is causal
             kwargs["mma_roles"] = mma_roles
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            return_dict=True,
-            **{CACHE_KWARG: cache},
-            **kwargs,
-        )
+        last_hidden: dict[str, torch.Tensor] = {}
+
+        def keep_last_hidden_state(module, args, output) -> None:
+            last_hidden["state"] = output.last_hidden_state
+
+        keep = self.language_model.get_decoder().register_forward_hook(keep_last_hidden_state)
+        try:
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels,
+                logits_to_keep=logits_to_keep,
+                return_dict=True,
+                **{CACHE_KWARG: cache},
+                **kwargs,
+            )
+        finally:
+            keep.remove()
         return AkiCausalLMOutputWithPast(
             loss=outputs.loss,
             logits=outputs.logits,
             **{CACHE_KWARG: outputs.get(CACHE_KWARG)},
+            last_hidden_state=last_hidden.get("state"),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
