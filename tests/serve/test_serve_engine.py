@@ -23,10 +23,10 @@ def run_together(engine, requests):
 
 
 def test_one_batch_of_chats_answers_each_as_if_alone(engine, reference):
-    before = engine.stats.batch_sizes.copy()
+    before = engine.stats.prefills.copy()
     params = SamplingParams(max_new_tokens=12)
     completions = run_together(engine, [(chat, params, True) for chat in CHATS])
-    assert engine.stats.batch_sizes - before == {len(CHATS): 1}  # one generate for all five
+    assert engine.stats.prefills - before == {len(CHATS): 1}  # one prefill for all five
     prompt_lengths = {len(engine.encode(chat)["input_ids"][0]) for chat in CHATS}
     assert len(prompt_lengths) == len(CHATS)  # all different: the batch really was left-padded
     for chat, completion in zip(CHATS, completions, strict=True):
@@ -75,16 +75,17 @@ def test_mma_is_chosen_per_request_and_both_kinds_share_the_window(engine, refer
     chat = [user(QUESTION, noise_image(0))]
     with_mma, causal = reference(chat, 12, mma=True), reference(chat, 12, mma=False)
     assert with_mma != causal  # MMA changes this answer: the check below can tell them apart
-    before = engine.stats.batch_sizes.copy()
+    before = engine.stats.prefills.copy(), engine.stats.steps.copy()
     params = SamplingParams(max_new_tokens=12)
     completions = run_together(engine, [(chat, params, True), (chat, params, False), (chat, params, True)])
     assert [c.text for c in completions] == [with_mma, causal, with_mma]
-    assert engine.stats.batch_sizes - before == {2: 1, 1: 1}  # MMA rows batched, causal alone
+    assert engine.stats.prefills - before[0] == {2: 1, 1: 1}  # MMA rows prefilled together, causal alone
+    assert set(engine.stats.steps - before[1]) == {3}  # then all three decode together (causal: RESPONSE)
 
 
-def test_sampled_requests_are_batched_apart_from_greedy_ones(engine, reference):
+def test_sampled_and_greedy_requests_share_a_batch_and_greedy_stays_exact(engine, reference):
     chat = CHATS[1]
-    before = engine.stats.batch_sizes.copy()
+    before = engine.stats.prefills.copy()
     completions = run_together(
         engine,
         [
@@ -94,7 +95,7 @@ def test_sampled_requests_are_batched_apart_from_greedy_ones(engine, reference):
             (chat, SamplingParams(max_new_tokens=6), True),
         ],
     )
-    assert engine.stats.batch_sizes - before == {2: 2}
+    assert engine.stats.prefills - before == {4: 1}  # each row samples with its own settings
     assert completions[0].text == completions[3].text == reference(chat, 6)
     assert all(c.completion_tokens <= 6 for c in completions)
 
@@ -119,11 +120,11 @@ def test_a_cancelled_request_stops_without_disturbing_its_batch(engine, referenc
     assert queued.completion.completion_tokens <= 1
 
 
-def test_a_failing_generate_fails_its_requests_and_the_engine_goes_on(engine, reference, monkeypatch):
+def test_a_failing_forward_fails_its_requests_and_the_engine_goes_on(engine, reference, monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(engine.model, "generate", broken)
+    monkeypatch.setattr(engine.model, "forward", broken)
     with pytest.raises(RuntimeError, match="simulated"):
         engine.generate(CHATS[1], SamplingParams(max_new_tokens=4))
     monkeypatch.undo()
