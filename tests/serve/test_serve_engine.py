@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from serve_helpers import QUESTION, noise_image, user
 
-from aki.serve import InputError, SamplingParams
+from aki.serve import Engine, InputError, Limits, SamplingParams
 
 CHATS = [
     [user("What is this?", noise_image(1))],
@@ -167,3 +167,32 @@ def test_requests_that_break_the_rules_are_refused_by_name(engine, messages, par
 def test_sampling_params_are_checked(fields, message):
     with pytest.raises(InputError, match=message):
         SamplingParams(**fields)
+
+
+def test_a_short_request_joins_a_running_long_one_and_leaves_first(engine, reference):
+    long_chat, short_chat = [user(QUESTION, noise_image(0))], CHATS[1]
+    long = engine.submit(long_chat, SamplingParams(max_new_tokens=400))  # no end of sequence before 400
+    pieces = iter(long)
+    first = next(pieces)
+    before = engine.stats.prefills.copy()
+    short = engine.generate(short_chat, SamplingParams(max_new_tokens=2))
+    assert long.completion is None  # the long one still runs: the short one did not wait for it
+    assert short.text == reference(short_chat, 2)
+    assert engine.stats.prefills - before == {1: 1}  # admitted alone, between two steps of the long one
+    assert first + "".join(pieces) == reference(long_chat, 400)  # and the long answer is unchanged
+
+
+def test_without_max_tokens_an_answer_may_fill_the_rest_of_the_context(engine):
+    """As vLLM: no max_tokens means what the context leaves, within the limit (not a fixed default)."""
+
+    def chat(repeats: int) -> list[dict]:
+        return [user(" ".join(["What is this?"] * repeats))]
+
+    with Engine(engine.model, engine.processor, limits=Limits(max_prompt_tokens=2048)) as roomy:
+        repeats = next(n for n in range(100, 200) if len(roomy.encode(chat(n))["input_ids"][0]) >= 1000)
+        prompt = len(roomy.encode(chat(repeats))["input_ids"][0])
+        completion = roomy.generate(chat(repeats), SamplingParams(max_new_tokens=None))
+        assert completion.completion_tokens <= 1024 - prompt
+        assert completion.finish_reason == "stop" or completion.completion_tokens == 1024 - prompt
+        with pytest.raises(InputError, match="tokens: it fills the model's context of 1024"):
+            roomy.submit(chat(2 * repeats), SamplingParams(max_new_tokens=None))

@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +100,9 @@ class Generation:
         self._loop = loop
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop is not None else queue.Queue()
         self._cancelled = threading.Event()
+        self._finished = False
+        self._callbacks: list[Callable[[], Any]] = []
+        self._lock = threading.Lock()
 
     @property
     def cancelled(self) -> bool:
@@ -109,6 +112,16 @@ class Generation:
         """Stop generating for this request (its batch goes on); it finishes with reason ``cancelled``."""
         self._cancelled.set()
 
+    def add_done_callback(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` (from the engine's thread) once the request has finished or failed; at once if it
+        already has.
+        """
+        with self._lock:
+            if not self._finished:
+                self._callbacks.append(callback)
+                return
+        callback()
+
     # The Sink of aki.generation, called by the engine's worker thread.
     def on_text(self, piece: str) -> None:
         if self.stream:
@@ -116,9 +129,17 @@ class Generation:
 
     def on_done(self, completion: Completion) -> None:
         self._emit("done", completion)
+        self._finish()
 
     def on_error(self, error: Exception) -> None:
         self._emit("error", error)
+        self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._finished, callbacks, self._callbacks = True, self._callbacks, []
+        for callback in callbacks:
+            callback()
 
     def _emit(self, kind: str, value: Any) -> None:
         if self._loop is None:
