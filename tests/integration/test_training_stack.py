@@ -46,7 +46,7 @@ def test_trls_fused_lm_head_on_the_instance_keeps_mma(name):
     """TRL's ``add_fused_lm_head`` sets ``forward`` on the instance, calling the backbone directly; aki's hook
     still makes the media rows MMA: the fused log-probabilities equal the dense reference's.
     """
-    from trl.trainer.utils import add_fused_lm_head
+    add_fused_lm_head = pytest.importorskip("trl.trainer.utils").add_fused_lm_head
 
     inputs, roles = batch(name, LAYOUTS)
     labels = labels_of(inputs, roles)
@@ -255,7 +255,8 @@ def test_torch_save_and_deepcopy_keep_mma(copier, tmp_path):
 
 
 def test_peft_sees_mma_through_and_lora_training_merging_and_adapters_keep_it(tmp_path):
-    from peft import LoraConfig, PeftModel, get_peft_model
+    peft = pytest.importorskip("peft")
+    LoraConfig, PeftModel, get_peft_model = peft.LoraConfig, peft.PeftModel, peft.get_peft_model
 
     inputs, roles = batch("llama", LAYOUTS)
     labels = labels_of(inputs, roles)

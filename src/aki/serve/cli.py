@@ -7,6 +7,7 @@ adds the three commands to another typer app (the top-level ``aki``); ``python -
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,12 @@ import typer
 
 DEFAULT_MODEL_DIR = Path("outputs/quickstart/mma")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ServeEngine(str, Enum):
+    aki = "aki"
+    vllm = "vllm"
+
 
 ModelDir = Annotated[
     Path,
@@ -99,7 +106,7 @@ def serve(
     image_dir: Annotated[
         Path | None, typer.Option(help="Allow image_url parts naming local files inside this directory.")
     ] = None,
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Most requests in one generate.")] = 8,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most requests decoding together.")] = 8,
     batch_window_ms: Annotated[
         float, typer.Option(min=0.0, help="How long to wait for a batch to fill.")
     ] = 20.0,
@@ -124,8 +131,37 @@ def serve(
         int, typer.Option(min=1, help="Largest total of width x height over a request's images.")
     ] = 4096 * 4096,
     threads: Threads = None,
+    engine: Annotated[
+        ServeEngine,
+        typer.Option(
+            help="aki: the embedded engine. vllm: vLLM's server with aki's plugin (pip install aki[vllm])."
+        ),
+    ] = ServeEngine.aki,
+    vllm_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --engine vllm: one more `vllm serve` argument, e.g. --vllm-arg=--max-model-len=2048."
+        ),
+    ] = None,
 ) -> None:
     """An OpenAI-compatible /v1/chat/completions server; concurrent requests are decoded together."""
+    if api_key is None and host not in LOOPBACK:
+        typer.secho(
+            f"warning: --host {host} exposes the server to the network without an API key: anyone who can "
+            "reach it can use it (set --api-key or AKI_API_KEY)",
+            err=True,
+            fg="yellow",
+        )
+    if engine is ServeEngine.vllm:
+        from ..vllm.serve import serve_with_vllm
+
+        typer.echo(f"aki serve: vLLM on http://{host}:{port}/v1 (MMA {'on' if mma else 'off'})")
+        options = {"host": host, "port": port, "model_name": model_name, "mma": mma, "image_dir": image_dir}
+        sizes = {"max_batch_size": max_batch_size, "max_images": max_images}
+        key = ["--api-key", api_key] if api_key is not None else []
+        serve_with_vllm(model_dir, **options, **sizes, extra=[*key, *(vllm_arg or ())])
+    if vllm_arg:
+        raise typer.BadParameter("--vllm-arg needs --engine vllm", param_hint="--vllm-arg")
     from .engine import Limits
 
     limits = Limits(
@@ -152,13 +188,6 @@ def serve(
         api_key=api_key,
         max_concurrent_requests=max_concurrent_requests,
     )
-    if api_key is None and host not in LOOPBACK:
-        typer.secho(
-            f"warning: --host {host} exposes the server to the network without an API key: anyone who can "
-            "reach it can use it (set --api-key or AKI_API_KEY)",
-            err=True,
-            fg="yellow",
-        )
     typer.echo(f"aki serve on http://{host}:{port}/v1 (MMA {'on' if mma else 'off'}; Ctrl+C to stop)")
     run_server(engine, settings, host=host, port=port)
 
