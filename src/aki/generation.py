@@ -182,13 +182,15 @@ def load_model(
 ) -> tuple[Any, Any]:
     """``(model, processor)`` of a saved AKI directory, through the Auto classes, in eval mode.
 
-    ``mma`` switches Modality-Mutual Attention on or off (None keeps the saved ``use_mma``);
+    The weights must match the config exactly (:func:`aki.models.load_pretrained`: a missing, unexpected or
+    mis-shaped tensor raises ``ValueError`` naming it). ``mma`` switches Modality-Mutual Attention on or off
+    (None keeps the saved ``use_mma``);
     ``attn_implementation`` is the attention backend (None: the saved one); ``device`` defaults to
     :func:`default_device`; ``dtype`` is one of :data:`DTYPES`.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from . import models  # noqa: F401  (registers AKI with the Auto classes)
+    from .models import load_pretrained  # (and registers AKI with the Auto classes)
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -200,7 +202,7 @@ def load_model(
         )
     processor = AutoProcessor.from_pretrained(path)
     options = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype], **options)
+    model = load_pretrained(AutoModelForImageTextToText, path, dtype=DTYPES[dtype], **options)
     if mma is not None:
         model.set_mma(mma)
     return model.to(device or default_device()).eval(), processor

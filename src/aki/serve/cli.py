@@ -49,7 +49,7 @@ def _engine(model_dir: Path, *, mma: bool, threads: int | None, **kwargs):
         torch.set_num_threads(threads)
     try:
         return Engine.from_pretrained(model_dir, mma=mma, **kwargs)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # no model there, or weights that do not fit it
         raise typer.BadParameter(str(error), param_hint="MODEL_DIR") from error
 
 
