@@ -521,6 +521,7 @@ class DecodeBatch:
         self.last_tokens: torch.Tensor | None = None  # (B,): each row's newest token
         self.joinable = True
         self.generated = 0  # tokens chosen since the batch was made (all rows)
+        self.after_cancel = 0  # of them, tokens of rows already cancelled (dropped at once)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -609,6 +610,7 @@ class DecodeBatch:
         if self.runner.suppressed:
             logits[:, self.runner.suppressed] = -math.inf
         tokens = logits.argmax(-1).tolist()
+        self.after_cancel += sum(row.sink.cancelled for row in rows)
         for i, row in enumerate(rows):
             if not row.params.greedy:
                 tokens[i] = _sample(logits[i], row.params)

@@ -196,12 +196,14 @@ class _Request:
 @dataclass
 class EngineStats:
     """What the engine did since it started: how many rows each prefill admitted together, how many rows each
-    decoding step ran, and how many tokens were generated in all.
+    decoding step ran, how many tokens were generated in all, and how many of them for requests that had been
+    cancelled already (a cancelled request gets at most the token of the step in progress).
     """
 
     prefills: Counter[int] = field(default_factory=Counter)
     steps: Counter[int] = field(default_factory=Counter)
     generated_tokens: int = 0
+    tokens_after_cancel: int = 0
 
     @property
     def requests(self) -> int:
@@ -382,10 +384,11 @@ class Engine:
 
     def _step(self) -> None:
         with self._model_lock:
-            rows, before = len(self._batch), self._batch.generated
+            rows, before, wasted = len(self._batch), self._batch.generated, self._batch.after_cancel
             self._batch.step()
             self.stats.steps[rows] += 1
             self.stats.generated_tokens += self._batch.generated - before
+            self.stats.tokens_after_cancel += self._batch.after_cancel - wasted
 
     def _arrivals(self) -> list[_Request]:
         """Requests to admit now: when idle, the first to arrive and whatever follows within the batch window;

@@ -93,12 +93,20 @@ def parse_request(body: bytes, limits: Limits | None = None) -> ChatCompletionRe
     """The request of a raw JSON body; :class:`InputError` naming the problem when it is not one, or when its
     chat is larger than ``limits`` allow (checked before the request model is built).
     """
+    most = (
+        None if limits is None else 2 * limits.max_parts + 16
+    )  # messages, parts, image_url objects, options
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_hook=_ObjectCounter(most))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"the request body is not valid JSON: {error}") from error
     except RecursionError:
         raise InputError("the request body is JSON nested too deeply") from None
+    except _TooManyObjects:
+        raise InputError(
+            f"the request body has more than {most} JSON objects; a chat may have at most {limits.max_parts} "
+            "messages and parts"
+        ) from None
     if not isinstance(data, dict):
         raise InputError(f"the request body must be a JSON object, got {type(data).__name__}")
     if limits is not None:
@@ -110,6 +118,23 @@ def parse_request(body: bytes, limits: Limits | None = None) -> ChatCompletionRe
             f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]
         ]
         raise InputError("invalid request: " + "; ".join(problems)) from error
+
+
+class _TooManyObjects(Exception):
+    pass
+
+
+class _ObjectCounter:
+    """A ``json.loads`` object hook that stops the parse at the ``most + 1``-th object (None: never)."""
+
+    def __init__(self, most: int | None) -> None:
+        self.most, self.seen = most, 0
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        self.seen += 1
+        if self.most is not None and self.seen > self.most:
+            raise _TooManyObjects
+        return item
 
 
 def to_engine_messages(

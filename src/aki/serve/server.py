@@ -84,6 +84,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
             **engine.load,
             "in_flight": in_flight.taken,
             "generated_tokens": engine.stats.generated_tokens,
+            "tokens_after_cancel": engine.stats.tokens_after_cancel,
         }
         return {"status": "ok", "model": settings.model_name, "mma": engine.default_mma, **load}
 
