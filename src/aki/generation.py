@@ -114,7 +114,7 @@ class SamplingParams:
         return self.temperature == 0.0
 
     def batch_key(self) -> tuple:
-        """Rows with equal keys can share one ``generate`` (their own stops and limits stay per row)."""
+        """Beam-search rows with equal keys share one ``generate`` (a :class:`DecodeBatch` mixes any settings)."""
         decoding = ("greedy",) if self.greedy else ("sample", self.temperature, self.top_p)
         return (*decoding, self.num_beams)
 
