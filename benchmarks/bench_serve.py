@@ -28,7 +28,14 @@ import torch
 
 from _common import parse_args, report_check
 from aki.models import AkiForConditionalGeneration, AkiProcessor, aki_tiny, tiny_tokenizer
-from aki.serve.loadtest import QUESTIONS, LoadResult, reference_answers, request_bodies, run_load
+from aki.serve.loadtest import (
+    QUESTIONS,
+    LoadResult,
+    reference_answers,
+    request_bodies,
+    run_load,
+    served_model,
+)
 
 CLIENTS = (1, 8)
 TARGET = 3.0
@@ -72,11 +79,11 @@ def start_server(model_dir: Path, *, threads: int) -> tuple[subprocess.Popen, st
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], default_repeats=3)
     requests, max_tokens = (16, 8) if args.quick else (48, 16)
-    bodies = request_bodies(6, max_tokens=max_tokens)
     with tempfile.TemporaryDirectory(prefix="aki-bench-serve-") as folder:
         save_tiny_model(Path(folder))
         server, url = start_server(Path(folder), threads=args.threads)
         try:
+            bodies = request_bodies(6, max_tokens=max_tokens, model=served_model(url))
             expected = reference_answers(url, bodies)  # also the warm-up
             runs: dict[int, list[LoadResult]] = {clients: [] for clients in CLIENTS}
             for round_index in range(args.repeats):

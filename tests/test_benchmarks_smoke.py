@@ -49,6 +49,7 @@ EXPECTED_RATIOS = {
     ],
     "bench_eval.py": ["eval examples/s: batch 8 / batch 1"],
     "bench_train.py": ["MMA step time / causal step time"],
+    "bench_reliability.py": ["2-token latency behind a 900-token request / alone"],
     "bench_train_step.py": [
         "train step L=128: MMA (aki_mma_sdpa) / causal sdpa",
         "train step L=128: eager + dense MMA mask / causal sdpa",

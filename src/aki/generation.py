@@ -2,12 +2,15 @@
 
 * :func:`load_model`: a saved AKI directory -> ``(model, processor)``, on :func:`default_device`.
 * :func:`render_chat`: AKI messages -> the chat template's prompt text and the images in placeholder order.
-* :class:`Runner`: batched ``generate`` for rows that share their decoding settings. One row per request, left
-  padded by :meth:`~aki.models.aki.AkiProcessor.pad`; images are encoded once per ``generate``. A stopping
-  criterion sees every new token of every row: it streams each row's text to its :class:`Sink`, applies the
-  row's own stop strings and token limit, and stops a row whose sink was cancelled. :meth:`Runner.generate`
-  answers a list of prompts (sorted by length, ``batch_size`` at a time); :meth:`Runner.loglikelihood` scores
-  continuations.
+* :class:`DecodeBatch`: rows decoded together one token per :meth:`~DecodeBatch.step`, with new rows admitted
+  between steps (continuous batching). New rows are prefilled together, left padded by
+  :meth:`~aki.models.aki.AkiProcessor.pad` (MMA sees each prompt, images included), and join the running
+  rows' KV cache; generated tokens are RESPONSE, so decoding is causal and rows prefilled with and without MMA
+  decode together. Every new token of a row is streamed to its :class:`Sink`, the row's own stop strings, token
+  limit and sampling settings apply, and a row leaves the batch as soon as it ends or its sink is cancelled.
+* :class:`Runner`: :meth:`Runner.run` answers a list of rows in one :class:`DecodeBatch` (beam search: one
+  ``generate``); :meth:`Runner.generate` answers prompts (sorted by length, ``batch_size`` at a time);
+  :meth:`Runner.loglikelihood` scores continuations.
 
 Messages are ``{"role", "content"}`` with content a string or a list of ``{"type": "text", "text"}`` and
 ``{"type": "image", "image": PIL.Image | path | array}`` items; an optional first system message, then user and
@@ -22,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +33,16 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import jinja2
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.generation import TopPLogitsWarper
 
-from .integration import is_mma_enabled
+from .integration import CACHE_KWARG, is_mma_enabled
 
 __all__ = [
     "DTYPES",
     "Completion",
+    "DecodeBatch",
     "InputError",
     "Message",
     "Prompt",
@@ -75,18 +82,23 @@ def default_device() -> str:
 class SamplingParams:
     """How to decode one row: ``temperature == 0`` is greedy (then ``top_p`` is unused).
 
-    ``stop`` strings end the answer before their first occurrence (the stop string is not returned).
-    ``num_beams > 1`` is beam search: answers are then cut after generation and not streamed.
+    ``max_new_tokens=None`` generates until the end of sequence or the model's context is full. ``stop`` strings
+    end the answer before their first occurrence (the stop string is not returned). ``num_beams > 1`` is beam
+    search: answers are then cut after generation and not streamed.
     """
 
-    max_new_tokens: int = 64
+    max_new_tokens: int | None = 64
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     num_beams: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and (
+            isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int)
+        ):
+            raise InputError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0.0 <= self.temperature <= 2.0:
             raise InputError(f"temperature must be in [0, 2], got {self.temperature}")
@@ -102,7 +114,7 @@ class SamplingParams:
         return self.temperature == 0.0
 
     def batch_key(self) -> tuple:
-        """Rows with equal keys can share one ``generate`` (their own stops and limits stay per row)."""
+        """Beam-search rows with equal keys share one ``generate`` (a :class:`DecodeBatch` mixes any settings)."""
         decoding = ("greedy",) if self.greedy else ("sample", self.temperature, self.top_p)
         return (*decoding, self.num_beams)
 
@@ -170,13 +182,15 @@ def load_model(
 ) -> tuple[Any, Any]:
     """``(model, processor)`` of a saved AKI directory, through the Auto classes, in eval mode.
 
-    ``mma`` switches Modality-Mutual Attention on or off (None keeps the saved ``use_mma``);
+    The weights must match the config exactly (:func:`aki.models.load_pretrained`: a missing, unexpected or
+    mis-shaped tensor raises ``ValueError`` naming it). ``mma`` switches Modality-Mutual Attention on or off
+    (None keeps the saved ``use_mma``);
     ``attn_implementation`` is the attention backend (None: the saved one); ``device`` defaults to
     :func:`default_device`; ``dtype`` is one of :data:`DTYPES`.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from . import models  # noqa: F401  (registers AKI with the Auto classes)
+    from .models import load_pretrained  # (and registers AKI with the Auto classes)
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -188,7 +202,7 @@ def load_model(
         )
     processor = AutoProcessor.from_pretrained(path)
     options = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype], **options)
+    model = load_pretrained(AutoModelForImageTextToText, path, dtype=DTYPES[dtype], **options)
     if mma is not None:
         model.set_mma(mma)
     return model.to(device or default_device()).eval(), processor
@@ -264,8 +278,16 @@ class Runner:
         self.model = model.eval()
         self.processor = processor
         self.batch_size = batch_size
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        config = model.generation_config
+        unsupported = {name: getattr(config, name, None) for name in UNSUPPORTED_GENERATION_SETTINGS}
+        unsupported = {name: value for name, value in unsupported.items() if value not in (None, 1.0, 0, [])}
+        if unsupported:
+            raise ValueError(
+                f"the model's generation_config sets {unsupported}; aki's decoding applies suppress_tokens, "
+                "temperature and top_p only: remove these settings from generation_config.json"
+            )
+        self.eos_ids = set(_as_list(config.eos_token_id))
+        self.suppressed = sorted(set(_as_list(config.suppress_tokens)))
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, batch_size: int = 8, **load_options: Any) -> Runner:
@@ -311,41 +333,58 @@ class Runner:
             raise InputError(str(error)) from error
         return dict(batch)
 
+    def token_limit(self, params: SamplingParams, prompt_tokens: int) -> int:
+        """How many tokens a row may generate: ``params.max_new_tokens``, or what is left of the context."""
+        if params.max_new_tokens is not None:
+            return params.max_new_tokens
+        if self.context_length is None:
+            raise InputError("max_new_tokens is needed: the model does not say how long its context is")
+        left = self.context_length - prompt_tokens
+        if left < 1:
+            raise InputError(
+                f"the prompt has {prompt_tokens} tokens: it fills the model's context of {self.context_length}"
+            )
+        return left
+
     # ----------------------------------------------------------------------------------------------
+
+    def decoder(self) -> DecodeBatch:
+        """An empty :class:`DecodeBatch` on this runner's model (what the serve engine keeps running)."""
+        return DecodeBatch(self)
 
     @torch.inference_mode()
     def run(self, rows: Sequence[tuple[dict[str, torch.Tensor], SamplingParams, Sink]]) -> None:
-        """One ``generate`` for ``rows`` of ``(inputs, params, sink)`` whose params share a ``batch_key``.
+        """Answer ``rows`` of ``(inputs, params, sink)``: one :class:`DecodeBatch` until every row is done.
 
-        Every sink gets its text pieces (greedy and sampled decoding) and its :class:`Completion`; if the
-        batch fails, every unfinished sink gets ``on_error`` when it has one, else the error is raised.
+        Every sink gets its text pieces and its :class:`Completion`; if the batch fails, every unfinished sink
+        gets ``on_error`` when it has one, else the error is raised. Rows with ``num_beams > 1`` run as one
+        beam-search ``generate`` per decoding setting.
         """
-        params = rows[0][1]
-        if any(p.batch_key() != params.batch_key() for _, p, _ in rows):
-            raise ValueError(
-                "rows of one generate must share their decoding settings (SamplingParams.batch_key)"
-            )
-        tracker = _BatchTracker(
-            [
-                _Row(p, sink, inputs["input_ids"].shape[1], self.processor.tokenizer, self.eos_ids)
-                for inputs, p, sink in rows
-            ]
-        )
-        batch = self.processor.pad([inputs for inputs, _, _ in rows], padding_side="left")
-        batch = {key: value.to(self.device) for key, value in batch.items()}
-        config = self._generation_config(params, max(p.max_new_tokens for _, p, _ in rows))
+        beams = [row for row in rows if row[1].num_beams > 1]
+        batch = self.decoder()
+        batch.admit([row for row in rows if row[1].num_beams == 1])
+        while batch:
+            batch.step()
+        for key in dict.fromkeys(params.batch_key() for _, params, _ in beams):
+            self._run_beams([row for row in beams if row[1].batch_key() == key])
+
+    def _run_beams(self, rows: Sequence[tuple[dict[str, torch.Tensor], SamplingParams, Sink]]) -> None:
+        """One beam-search ``generate``: beams reorder rows, so the finished sequences are cut afterwards."""
+        tracked = [self._row(inputs, params, sink) for inputs, params, sink in rows]
+        batch = self._pad([inputs for inputs, _, _ in rows])
+        limit = max(row.limit for row in tracked)
         try:
-            if params.num_beams == 1:
-                self.model.generate(
-                    **batch, generation_config=config, stopping_criteria=StoppingCriteriaList([tracker])
-                )
-                tracker.finish_all("length")
-            else:  # beam search reorders rows: decode the finished sequences instead of following tokens
-                output = self.model.generate(**batch, generation_config=config)
-                tracker.finish_from(output[:, batch["input_ids"].shape[1] :].tolist())
+            output = self.model.generate(**batch, generation_config=self._beam_config(rows[0][1], limit))
         except Exception as error:  # one bad batch must not stop a server: its rows fail, the runner goes on
-            if not tracker.fail(error):
-                raise
+            _fail(tracked, error)
+            return
+        for row, tokens in zip(tracked, output[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+            for token in tokens:
+                if row.finished:
+                    break
+                row.add(token)
+            if not row.finished:
+                row.finish("length")
 
     def generate(
         self,
@@ -420,12 +459,21 @@ class Runner:
 
     # ----------------------------------------------------------------------------------------------
 
+    def _row(self, inputs: dict[str, torch.Tensor], params: SamplingParams, sink: Sink) -> _Row:
+        prompt_tokens = inputs["input_ids"].shape[1]
+        limit = self.token_limit(params, prompt_tokens)
+        return _Row(params, sink, prompt_tokens, limit, self.processor.tokenizer, self.eos_ids)
+
+    def _pad(self, inputs: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = self.processor.pad(list(inputs), padding_side="left")
+        return {key: value.to(self.device) for key, value in batch.items()}
+
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices sorted by length, longest first, in batches of ``batch_size``."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
-    def _generation_config(self, params: SamplingParams, max_new_tokens: int) -> Any:
+    def _beam_config(self, params: SamplingParams, max_new_tokens: int) -> Any:
         config = copy.deepcopy(self.model.generation_config)
         config.max_new_tokens = max_new_tokens
         config.max_length = None
@@ -437,6 +485,187 @@ class Runner:
         config.top_k = None
         config.pad_token_id = self.processor.tokenizer.pad_token_id
         return config
+
+
+# What generate() would apply from a generation_config but DecodeBatch does not: refused, never ignored.
+UNSUPPORTED_GENERATION_SETTINGS = (
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "begin_suppress_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "min_new_tokens",
+    "sequence_bias",
+)
+
+
+class DecodeBatch:
+    """Rows decoded together, one token each per :meth:`step`; :meth:`admit` adds rows between steps.
+
+    The batch holds one KV cache, left padded to a common length ``L`` (per layer ``(B, heads, L, head_dim)``),
+    its attention mask ``(B, L)`` and each row's newest token, the next step's input. New rows are prefilled
+    together (one forward, MMA on their prompts as the model is set) and joined to the cache, the shorter side
+    padded on the left; a row that ends or whose sink is cancelled leaves before the next forward, and columns
+    that are padding in every remaining row are cut. Positions come from the attention mask, as in
+    ``generate``, so a row's greedy answer is the one it gets alone. A cache whose layers are not plain
+    :class:`~transformers.cache_utils.DynamicLayer` (sliding windows) cannot be joined: it admits rows only
+    when empty (``accepts_rows``).
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.rows: list[_Row] = []
+        self.cache: DynamicCache | None = None
+        self.attention_mask: torch.Tensor | None = None  # (B, L): 1 on tokens, 0 on left padding
+        self.last_tokens: torch.Tensor | None = None  # (B,): each row's newest token
+        self.joinable = True
+        self.generated = 0  # tokens chosen since the batch was made (all rows)
+        self.after_cancel = 0  # of them, tokens of rows already cancelled (dropped at once)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def accepts_rows(self) -> bool:
+        """Whether :meth:`admit` can run now (always, unless running rows hold a cache that cannot be joined)."""
+        return not self.rows or self.joinable
+
+    @torch.inference_mode()
+    def admit(self, rows: Sequence[tuple[dict[str, torch.Tensor], SamplingParams, Sink]]) -> None:
+        """Prefill ``rows`` of ``(inputs, params, sink)`` together; each gets its first token at once.
+
+        If the prefill fails, these rows fail (``on_error``, or the error is raised when a sink has none);
+        the running rows go on.
+        """
+        if not rows:
+            return
+        if not self.accepts_rows:
+            raise RuntimeError("this batch cannot admit rows while it runs (its cache cannot be joined)")
+        if any(params.num_beams > 1 for _, params, _ in rows):
+            raise ValueError("beam search rows cannot join a decode batch: use Runner.run")
+        new = [self.runner._row(inputs, params, sink) for inputs, params, sink in rows]
+        batch = self.runner._pad([inputs for inputs, _, _ in rows])
+        cache = DynamicCache(config=self.runner.model.config.get_text_config(decoder=True))
+        try:
+            logits = self._forward(batch, cache)
+        except Exception as error:  # one bad request must not stop a server: its rows fail, the batch goes on
+            _fail(new, error)
+            return
+        tokens = self._choose(logits, new)
+        keep = [i for i, row in enumerate(new) if not row.finished]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=self.runner.device)
+        for layer in cache.layers:
+            layer.batch_select_indices(index)
+        self._join(
+            [new[i] for i in keep],
+            cache,
+            batch["attention_mask"][index],
+            torch.tensor([tokens[i] for i in keep]),
+        )
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One token for every running row (cancelled rows leave first); rows that end leave the batch.
+
+        If the forward fails, every running row fails (see :meth:`admit`) and the batch is empty again.
+        """
+        self._leave([i for i, row in enumerate(self.rows) if not row.sink.cancelled and not row.finished])
+        if not self.rows:
+            return
+        ones = torch.ones_like(self.attention_mask[:, :1])
+        attention_mask = torch.cat([self.attention_mask, ones], dim=1)  # (B, L + 1)
+        inputs = {
+            "input_ids": self.last_tokens[:, None].to(self.runner.device),
+            "attention_mask": attention_mask,
+        }
+        try:
+            logits = self._forward(inputs, self.cache)
+        except Exception as error:
+            rows, self.rows = self.rows, []
+            self._clear()
+            _fail(rows, error)
+            return
+        self.attention_mask = attention_mask
+        self.last_tokens = torch.tensor(self._choose(logits, self.rows))
+        self._leave([i for i, row in enumerate(self.rows) if not row.finished])
+
+    def fail(self, error: Exception) -> None:
+        """End every running row with ``error`` (the engine closing); the batch is empty afterwards."""
+        rows, self.rows = self.rows, []
+        self._clear()
+        _fail(rows, error)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _forward(self, inputs: dict[str, torch.Tensor], cache: DynamicCache) -> torch.Tensor:
+        """Logits ``(B, V)`` (float32) of the last position; ``cache`` grows by the inputs' length."""
+        outputs = self.runner.model(**inputs, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
+        return outputs.logits[:, -1].float()
+
+    def _choose(self, logits: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
+        """The next token of each row (greedy argmax, or sampled with its temperature and top-p), added to it."""
+        if self.runner.suppressed:
+            logits[:, self.runner.suppressed] = -math.inf
+        tokens = logits.argmax(-1).tolist()
+        self.after_cancel += sum(row.sink.cancelled for row in rows)
+        for i, row in enumerate(rows):
+            if not row.params.greedy:
+                tokens[i] = _sample(logits[i], row.params)
+            row.add(tokens[i])
+        self.generated += len(rows)
+        return tokens
+
+    def _join(
+        self, rows: list[_Row], cache: DynamicCache, attention_mask: torch.Tensor, tokens: torch.Tensor
+    ) -> None:
+        """Add prefilled rows (their cache, mask ``(b, L')`` and first tokens) to the running ones."""
+        joinable = all(type(layer) is DynamicLayer for layer in cache.layers)
+        if not self.rows:
+            self.cache, self.attention_mask, self.last_tokens = cache, attention_mask, tokens
+            self.rows, self.joinable = rows, joinable
+            return
+        length = max(self.attention_mask.shape[1], attention_mask.shape[1])
+        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_pad_left(old.keys, length, dim=-2), _pad_left(new.keys, length, dim=-2)])
+            old.values = torch.cat(
+                [_pad_left(old.values, length, dim=-2), _pad_left(new.values, length, dim=-2)]
+            )
+        self.attention_mask = torch.cat(
+            [_pad_left(self.attention_mask, length, dim=-1), _pad_left(attention_mask, length, dim=-1)]
+        )
+        self.last_tokens = torch.cat([self.last_tokens, tokens])
+        self.rows = [*self.rows, *rows]
+
+    def _leave(self, keep: list[int]) -> None:
+        """Keep only the rows at ``keep`` (finishing cancelled ones), then cut all-padding columns."""
+        kept = set(keep)
+        for i, row in enumerate(self.rows):
+            if i not in kept and not row.finished:
+                row.finish("cancelled")
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows = []
+            self._clear()
+            return
+        self.rows = [self.rows[i] for i in keep]
+        index = torch.tensor(keep, device=self.runner.device)
+        for layer in self.cache.layers:
+            layer.batch_select_indices(index)
+        self.attention_mask = self.attention_mask[index]
+        self.last_tokens = self.last_tokens[torch.tensor(keep)]
+        start = int(self.attention_mask.any(dim=0).long().argmax())  # the first column some row uses
+        if start and self.joinable:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+            self.attention_mask = self.attention_mask[:, start:]
+
+    def _clear(self) -> None:
+        self.cache = self.attention_mask = self.last_tokens = None
+        self.joinable = True
 
 
 class _Collector:
@@ -456,11 +685,18 @@ class _Row:
     """The answer of one batch row as it grows: token ids, the text streamed so far, the stop decision."""
 
     def __init__(
-        self, params: SamplingParams, sink: Sink, prompt_tokens: int, tokenizer: Any, eos_ids: set[int]
+        self,
+        params: SamplingParams,
+        sink: Sink,
+        prompt_tokens: int,
+        limit: int,
+        tokenizer: Any,
+        eos_ids: set[int],
     ) -> None:
         self.params = params
         self.sink = sink
         self.prompt_tokens = prompt_tokens
+        self.limit = limit  # most tokens to generate
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.token_ids: list[int] = []
@@ -483,7 +719,7 @@ class _Row:
         if stops:
             self.text = self.text[: min(stops)]
             self.finish("stop")
-        elif self.generated >= self.params.max_new_tokens:
+        elif self.generated >= self.limit:
             self.finish("length")
         else:
             self._send(self._safe_end())
@@ -509,45 +745,39 @@ class _Row:
         self.sink.on_done(Completion(self.text, reason, self.prompt_tokens, self.generated))
 
 
-class _BatchTracker(StoppingCriteria):
-    """Follows every row of one batched ``generate`` token by token (a stopping criterion sees each new token)."""
+def _fail(rows: Sequence[_Row], error: Exception) -> None:
+    """Pass ``error`` to every unfinished row's sink; raise it if some sink takes no errors."""
+    handled = True
+    for row in rows:
+        if not row.finished:
+            row.finished = True
+            on_error = getattr(row.sink, "on_error", None)
+            if on_error is None:
+                handled = False
+            else:
+                on_error(error)
+    if not handled:
+        raise error
 
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows = rows
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
-            if not row.finished:
-                row.add(token)
-        return torch.tensor([row.finished for row in self.rows], device=input_ids.device)
+def _sample(logits: torch.Tensor, params: SamplingParams) -> int:
+    """One token drawn from ``logits`` ``(V,)`` with the row's temperature, then top-p, as ``generate`` does."""
+    scores = logits[None] / params.temperature  # (1, V)
+    if params.top_p < 1.0:
+        scores = TopPLogitsWarper(top_p=params.top_p)(None, scores)
+    return int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1))
 
-    def finish_all(self, reason: FinishReason) -> None:
-        for row in self.rows:
-            if not row.finished:
-                row.finish(reason)
 
-    def finish_from(self, sequences: list[list[int]]) -> None:
-        """Finish every row from its whole generated sequence (beam search), cut at eos, stops and limits."""
-        for row, tokens in zip(self.rows, sequences, strict=True):
-            for token in tokens:
-                if row.finished:
-                    break
-                row.add(token)
-            if not row.finished:
-                row.finish("length")
+def _pad_left(tensor: torch.Tensor, length: int, *, dim: int) -> torch.Tensor:
+    """``tensor`` with zeros in front along ``dim`` (-1 or -2) up to ``length``."""
+    gap = length - tensor.shape[dim]
+    if gap == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (gap, 0) if dim == -1 else (0, 0, gap, 0))
 
-    def fail(self, error: Exception) -> bool:
-        """Pass ``error`` to every unfinished row whose sink takes errors; False if some sink cannot."""
-        handled = True
-        for row in self.rows:
-            if not row.finished:
-                row.finished = True
-                on_error = getattr(row.sink, "on_error", None)
-                if on_error is None:
-                    handled = False
-                else:
-                    on_error(error)
-        return handled
+
+def _as_list(value: Any) -> list[int]:
+    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:

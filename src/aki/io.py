@@ -13,11 +13,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import sys
 import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +101,13 @@ def _read_parquet(path: Path) -> list[Record]:
 
 _STRICT = threading.Lock()
 # What PIL raises for unknown or damaged data.
-IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+IMAGE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
 
 
 def load_strictly(image: Image.Image) -> Image.Image:
@@ -116,10 +125,13 @@ def load_strictly(image: Image.Image) -> Image.Image:
     return image
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file; ``ValueError`` naming the file if it is missing or corrupt."""
+def open_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image file; ``ValueError`` naming the file if it is missing, corrupt or (with
+    ``max_pixels``) larger than that many pixels, checked from its header before decoding.
+    """
     try:
-        with Image.open(path) as image:
+        with _bombs_refused(), Image.open(path) as image:
+            _check_pixels(image, max_pixels, f"image file {str(path)!r}")
             return load_strictly(image).copy()
     except FileNotFoundError as error:
         raise ValueError(f"image file {str(path)!r} does not exist") from error
@@ -127,20 +139,40 @@ def open_image(path: str | Path) -> Image.Image:
         raise ValueError(f"image file {str(path)!r} could not be read as an image: {error}") from error
 
 
-def decode_image_bytes(data: bytes) -> Image.Image:
-    """Fully decode encoded image bytes (PNG, JPEG, ...); ``ValueError`` if they are not a readable image."""
+def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
+    """Fully decode encoded image bytes (PNG, JPEG, ...); ``ValueError`` if they are not a readable image or
+    (with ``max_pixels``) a larger one.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _bombs_refused(), Image.open(io.BytesIO(data)) as image:
+            _check_pixels(image, max_pixels, f"{len(data)} image bytes")
             return load_strictly(image).copy()
     except IMAGE_ERRORS as error:
         raise ValueError(f"{len(data)} image bytes could not be read as an image: {error}") from error
 
 
-def check_decodes(image: Image.Image) -> Image.Image:
+def check_decodes(image: Image.Image, *, max_pixels: int | None = None) -> Image.Image:
     """Decode a (lazily opened) PIL image now, so that a damaged file fails here with its name."""
+    name = getattr(image, "filename", "") or "a PIL image"
+    _check_pixels(image, max_pixels, f"image {name!r}")
     try:
         load_strictly(image)
     except IMAGE_ERRORS as error:
-        name = getattr(image, "filename", "") or "a PIL image"
         raise ValueError(f"image {name!r} could not be decoded: {error}") from error
     return image
+
+
+def _check_pixels(image: Image.Image, max_pixels: int | None, name: str) -> None:
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ValueError(
+            f"{name} is {image.width} x {image.height} = {image.width * image.height} pixels, above the limit "
+            f"of {max_pixels}"
+        )
+
+
+@contextlib.contextmanager
+def _bombs_refused() -> Iterator[None]:
+    """PIL's decompression-bomb warning (images above ``Image.MAX_IMAGE_PIXELS``) raised as an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield

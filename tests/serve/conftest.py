@@ -35,7 +35,9 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine(model_dir):
     """A shared engine; its window is wide enough that requests submitted in a loop meet in one batch."""
-    limits = Limits(max_prompt_tokens=400, max_image_bytes=100_000, max_image_pixels=512 * 512)
+    limits = Limits(
+        max_prompt_tokens=400, max_image_bytes=100_000, max_image_pixels=512 * 512, max_request_pixels=300_000
+    )
     with Engine.from_pretrained(model_dir, batch_window_s=0.15, limits=limits) as engine:
         yield engine
 

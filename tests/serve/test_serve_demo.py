@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from serve_helpers import QUESTION, free_port, noise_image, user
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -32,14 +33,22 @@ FOLLOW_UP = "And where is it?"
 
 
 @pytest.fixture(scope="module")
-def demo_url(engine):
+def demo(engine):
     from aki.serve import SamplingParams
     from aki.serve.demo import launch_demo
 
     port = free_port()
     demo = launch_demo(engine, port=port, params=SamplingParams(max_new_tokens=10), block=False)
-    yield f"http://127.0.0.1:{port}/"
+    demo.url = f"http://127.0.0.1:{port}/"
+    yield demo
+    uploads = {Path(path) for path in demo.upload_file_set}
     demo.close()
+    assert uploads and not any(path.exists() for path in uploads)  # the uploads went with the demo
+
+
+@pytest.fixture(scope="module")
+def demo_url(demo):
+    return demo.url
 
 
 @pytest.fixture
@@ -105,3 +114,14 @@ def test_upload_ask_twice_and_see_both_answers_and_the_attention(demo_url, page,
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_an_upload_beyond_the_image_limits_is_refused_before_decoding(demo, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    Image.new("1", (12000, 12000)).save(tmp_path / "huge.png")  # 144 M pixels in 17.5 KB
+    client = Client(demo.url, verbose=False)
+    with pytest.raises(AppError, match=r"huge.png' is too large to decode: Image size \(144000000 pixels\)"):
+        client.predict("What is this?", handle_file(str(tmp_path / "huge.png")), api_name="/answer")
+    assert "huge.png" in {Path(path).name for path in demo.upload_file_set}  # deleted when the demo stops

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from serve_helpers import QUESTION, noise_image, user
 
-from aki.serve import InputError, SamplingParams
+from aki.serve import Engine, InputError, Limits, SamplingParams
 
 CHATS = [
     [user("What is this?", noise_image(1))],
@@ -23,10 +23,10 @@ def run_together(engine, requests):
 
 
 def test_one_batch_of_chats_answers_each_as_if_alone(engine, reference):
-    before = engine.stats.batch_sizes.copy()
+    before = engine.stats.prefills.copy()
     params = SamplingParams(max_new_tokens=12)
     completions = run_together(engine, [(chat, params, True) for chat in CHATS])
-    assert engine.stats.batch_sizes - before == {len(CHATS): 1}  # one generate for all five
+    assert engine.stats.prefills - before == {len(CHATS): 1}  # one prefill for all five
     prompt_lengths = {len(engine.encode(chat)["input_ids"][0]) for chat in CHATS}
     assert len(prompt_lengths) == len(CHATS)  # all different: the batch really was left-padded
     for chat, completion in zip(CHATS, completions, strict=True):
@@ -75,16 +75,17 @@ def test_mma_is_chosen_per_request_and_both_kinds_share_the_window(engine, refer
     chat = [user(QUESTION, noise_image(0))]
     with_mma, causal = reference(chat, 12, mma=True), reference(chat, 12, mma=False)
     assert with_mma != causal  # MMA changes this answer: the check below can tell them apart
-    before = engine.stats.batch_sizes.copy()
+    before = engine.stats.prefills.copy(), engine.stats.steps.copy()
     params = SamplingParams(max_new_tokens=12)
     completions = run_together(engine, [(chat, params, True), (chat, params, False), (chat, params, True)])
     assert [c.text for c in completions] == [with_mma, causal, with_mma]
-    assert engine.stats.batch_sizes - before == {2: 1, 1: 1}  # MMA rows batched, causal alone
+    assert engine.stats.prefills - before[0] == {2: 1, 1: 1}  # MMA rows prefilled together, causal alone
+    assert set(engine.stats.steps - before[1]) == {3}  # then all three decode together (causal: RESPONSE)
 
 
-def test_sampled_requests_are_batched_apart_from_greedy_ones(engine, reference):
+def test_sampled_and_greedy_requests_share_a_batch_and_greedy_stays_exact(engine, reference):
     chat = CHATS[1]
-    before = engine.stats.batch_sizes.copy()
+    before = engine.stats.prefills.copy()
     completions = run_together(
         engine,
         [
@@ -94,7 +95,7 @@ def test_sampled_requests_are_batched_apart_from_greedy_ones(engine, reference):
             (chat, SamplingParams(max_new_tokens=6), True),
         ],
     )
-    assert engine.stats.batch_sizes - before == {2: 2}
+    assert engine.stats.prefills - before == {4: 1}  # each row samples with its own settings
     assert completions[0].text == completions[3].text == reference(chat, 6)
     assert all(c.completion_tokens <= 6 for c in completions)
 
@@ -119,11 +120,11 @@ def test_a_cancelled_request_stops_without_disturbing_its_batch(engine, referenc
     assert queued.completion.completion_tokens <= 1
 
 
-def test_a_failing_generate_fails_its_requests_and_the_engine_goes_on(engine, reference, monkeypatch):
+def test_a_failing_forward_fails_its_requests_and_the_engine_goes_on(engine, reference, monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(engine.model, "generate", broken)
+    monkeypatch.setattr(engine.model, "forward", broken)
     with pytest.raises(RuntimeError, match="simulated"):
         engine.generate(CHATS[1], SamplingParams(max_new_tokens=4))
     monkeypatch.undo()
@@ -166,3 +167,32 @@ def test_requests_that_break_the_rules_are_refused_by_name(engine, messages, par
 def test_sampling_params_are_checked(fields, message):
     with pytest.raises(InputError, match=message):
         SamplingParams(**fields)
+
+
+def test_a_short_request_joins_a_running_long_one_and_leaves_first(engine, reference):
+    long_chat, short_chat = [user(QUESTION, noise_image(0))], CHATS[1]
+    long = engine.submit(long_chat, SamplingParams(max_new_tokens=400))  # no end of sequence before 400
+    pieces = iter(long)
+    first = next(pieces)
+    before = engine.stats.prefills.copy()
+    short = engine.generate(short_chat, SamplingParams(max_new_tokens=2))
+    assert long.completion is None  # the long one still runs: the short one did not wait for it
+    assert short.text == reference(short_chat, 2)
+    assert engine.stats.prefills - before == {1: 1}  # admitted alone, between two steps of the long one
+    assert first + "".join(pieces) == reference(long_chat, 400)  # and the long answer is unchanged
+
+
+def test_without_max_tokens_an_answer_may_fill_the_rest_of_the_context(engine):
+    """As vLLM: no max_tokens means what the context leaves, within the limit (not a fixed default)."""
+
+    def chat(repeats: int) -> list[dict]:
+        return [user(" ".join(["What is this?"] * repeats))]
+
+    with Engine(engine.model, engine.processor, limits=Limits(max_prompt_tokens=2048)) as roomy:
+        repeats = next(n for n in range(100, 200) if len(roomy.encode(chat(n))["input_ids"][0]) >= 1000)
+        prompt = len(roomy.encode(chat(repeats))["input_ids"][0])
+        completion = roomy.generate(chat(repeats), SamplingParams(max_new_tokens=None))
+        assert completion.completion_tokens <= 1024 - prompt
+        assert completion.finish_reason == "stop" or completion.completion_tokens == 1024 - prompt
+        with pytest.raises(InputError, match="tokens: it fills the model's context of 1024"):
+            roomy.submit(chat(2 * repeats), SamplingParams(max_new_tokens=None))

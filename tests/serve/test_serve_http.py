@@ -7,18 +7,16 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import subprocess
 import sys
-import threading
-import time
 from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from PIL import Image
-from serve_helpers import QUESTION, noise_image, user
+from serve_helpers import QUESTION, noise_image, serving, user, wait_until
 
 from aki.serve import InputError, Limits, loadtest
 from aki.serve.protocol import ChatMessage, to_engine_messages
@@ -32,19 +30,8 @@ def server(engine, tmp_path_factory):
     """The app on a free port of 127.0.0.1, in a thread; local images allowed inside ``image_dir``."""
     image_dir = tmp_path_factory.mktemp("images")
     settings = ServerSettings(model_name="aki-tiny", image_dir=image_dir, max_request_bytes=MAX_REQUEST_BYTES)
-    config = uvicorn.Config(create_app(engine, settings), host="127.0.0.1", port=0, log_level="warning")
-    running = uvicorn.Server(config)
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not running.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    port = running.servers[0].sockets[0].getsockname()[1]
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", image_dir=image_dir)
-    running.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "the server did not shut down"
+    with serving(create_app(engine, settings)) as url:
+        yield SimpleNamespace(url=url, image_dir=image_dir)
 
 
 @pytest.fixture
@@ -127,6 +114,10 @@ def _request(text: str = "What is this?", url: str | None = None, **fields) -> b
     return json.dumps({"model": "aki-tiny", "messages": openai_chat(text, url), **fields}).encode()
 
 
+def _image_part(image: Image.Image) -> dict:
+    return {"type": "image_url", "image_url": {"url": data_url(png(image))}}
+
+
 def _truncated_png() -> bytes:
     data = png(noise_image(5))
     return data[: len(data) // 2]
@@ -162,6 +153,28 @@ BAD_REQUESTS = {
     "max_tokens too large": (_request(max_tokens=5000), 400, "above this server's limit of 1024"),
     "temperature out of range": (_request(temperature=3), 400, "temperature: Input should be less than"),
     "too many stop strings": (_request(stop=["a", "b", "c", "d", "e"]), 400, "at most 4"),
+    "images too many pixels together": (
+        json.dumps(
+            {"messages": [{"role": "user", "content": [*[_image_part(Image.new("RGB", (400, 400)))] * 2]}]}
+        ).encode(),
+        413,
+        "320000 pixels together, above the limit of 300000",
+    ),
+    "too much text, before templating": (
+        _request("x" * 7000),
+        400,
+        "7000 characters of text, above the limit of 6400",
+    ),
+    "too many parts": (
+        json.dumps(
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * 1100}]}
+        ).encode(),
+        400,
+        "1101 messages and parts, above the limit of 1024",
+    ),
+    "JSON nested too deeply": (b"[" * 100_000, 400, "nested too deeply"),
+    "unknown model": (_request(model="gpt-4o"), 404, "the model 'gpt-4o' does not exist"),
+    "max_tokens true": (_request(max_tokens=True), 400, "max_tokens: Input should be a valid integer"),
 }
 
 
@@ -184,10 +197,11 @@ def test_local_image_files_only_inside_the_image_dir(server, client, reference, 
     image = noise_image(7)
     inside = server.image_dir / "shapes.png"
     inside.write_bytes(png(image))
-    response = client.chat.completions.create(
-        model="aki-tiny", messages=openai_chat("What is this?", f"file://{inside}"), max_tokens=8
-    )
-    assert response.choices[0].message.content == reference([user("What is this?", image)], 8)
+    for url in (f"file://{inside}", "shapes.png"):  # a relative path is read from the image dir
+        response = client.chat.completions.create(
+            model="aki-tiny", messages=openai_chat("What is this?", url), max_tokens=8
+        )
+        assert response.choices[0].message.content == reference([user("What is this?", image)], 8)
     outside = tmp_path / "secret.png"
     outside.write_bytes(png(image))
     for url, status, message in [
@@ -218,7 +232,7 @@ def test_a_client_leaving_a_stream_early_leaves_the_server_serving(server, refer
 
 
 def test_concurrent_load_from_a_second_process_gets_the_lone_answers(server, engine):
-    before = engine.stats.batch_sizes.copy()
+    before = engine.stats.prefills.copy(), engine.stats.steps.copy()
     command = [sys.executable, loadtest.__file__, server.url, "--clients", "8", "--requests", "24"]
     process = subprocess.run(
         [*command, "--distinct", "6", "--max-tokens", "8", "--timeout", "30"],
@@ -229,9 +243,9 @@ def test_concurrent_load_from_a_second_process_gets_the_lone_answers(server, eng
     assert process.returncode == 0, process.stdout + process.stderr[-2000:]
     summary = json.loads(process.stdout.strip().splitlines()[-1])
     assert summary["mismatches"] == [] and summary["errors"] == []
-    during = engine.stats.batch_sizes - before  # 6 lone reference requests, then 24 under load
-    assert sum(size * count for size, count in during.items()) == 6 + 24
-    assert max(during) >= 4  # concurrent requests really shared batches
+    admitted = engine.stats.prefills - before[0]  # 6 lone reference requests, then 24 under load
+    assert sum(size * count for size, count in admitted.items()) == 6 + 24
+    assert max(engine.stats.steps - before[1]) >= 4  # concurrent requests really decoded together
 
 
 def test_the_serve_command_passes_its_options_to_the_engine_and_the_server(model_dir, monkeypatch):
@@ -252,14 +266,97 @@ def test_the_serve_command_passes_its_options_to_the_engine_and_the_server(model
     register_commands(app)
     options = ["--port", "8123", "--model-name", "tiny", "--max-tokens-limit", "5", "--max-batch-size", "3"]
     options += ["--batch-window-ms", "7", "--max-images", "2", "--max-image-bytes", "999", "--no-mma"]
+    options += ["--api-key", "k", "--max-concurrent-requests", "3", "--max-request-pixels", "500"]
     result = CliRunner().invoke(app, ["serve", str(model_dir), *options, "--image-dir", str(model_dir)])
     assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
     engine, settings = started["engine"], started["settings"]
     assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
     assert (settings.model_name, settings.image_dir) == ("tiny", model_dir)
+    assert (settings.api_key, settings.max_concurrent_requests, engine.limits.max_request_pixels) == (
+        "k",
+        3,
+        500,
+    )
     assert (engine.limits.max_new_tokens, engine.limits.max_images, engine.limits.max_image_bytes) == (
         5,
         2,
         999,
     )
     assert (engine.max_batch_size, engine.batch_window_s, engine.default_mma) == (3, 0.007, False)
+
+
+def test_too_many_images_are_refused_before_any_is_decoded(server, monkeypatch):
+    from aki.serve import protocol
+
+    opened = []
+    monkeypatch.setattr(protocol, "image_pixels", lambda *args, **kwargs: opened.append(1))
+    monkeypatch.setattr(protocol, "decode_image", lambda *args, **kwargs: opened.append(1))
+    parts = [_image_part(Image.new("L", (64, 64)))] * 30
+    body = {"messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "hi"}]}]}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "the chat has 30 images, above the limit of 8"
+    assert opened == []
+
+
+def test_the_api_key_guards_v1_and_health_stays_open(engine):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(engine, ServerSettings(model_name="aki-tiny", api_key="s3cret")))
+    body = json.loads(_request(max_tokens=2))
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = client.post("/v1/chat/completions", json=body, headers=headers)
+        assert refused.status_code == 401 and "API key" in refused.json()["error"]["message"]
+        assert client.get("/v1/models", headers=headers).status_code == 401
+    assert client.get("/health").status_code == 200
+    good = client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert good.status_code == 200
+
+
+def _post_raw(url: str, body: dict) -> socket.socket:
+    """Send a request on a raw socket and leave it open (the test decides when the client goes away)."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    connection = socket.create_connection((host, int(port)))
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    connection.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return connection
+
+
+def test_a_full_server_answers_429_and_a_client_that_leaves_stops_its_generation(engine, reference):
+    """One slot: a long non-streaming request holds it (a second gets 429 at once); when its client closes
+    the connection, the generation stops within a few steps and the slot is free again.
+    """
+    settings = ServerSettings(model_name="aki-tiny", max_concurrent_requests=1)
+    image = noise_image(0)
+    long = {"messages": openai_chat(QUESTION, data_url(png(image))), "max_tokens": 400}
+    with serving(create_app(engine, settings)) as url:
+        before = engine.stats.generated_tokens
+        connection = _post_raw(url, long)
+        wait_until(lambda: engine.load["running"] == 1, what="the long request to run")
+        busy = httpx.post(f"{url}/v1/chat/completions", content=_request(max_tokens=2), timeout=30)
+        assert busy.status_code == 429 and "1 requests in flight" in busy.json()["error"]["message"]
+        connection.close()
+        left = engine.stats.generated_tokens
+        wait_until(lambda: engine.load["running"] == 0, what="the abandoned request to stop")
+        assert engine.stats.generated_tokens - left < 50  # a few steps at most, not the 400 asked for
+        assert engine.stats.generated_tokens - before < 400
+        wait_until(lambda: httpx.get(f"{url}/health").json()["in_flight"] == 0, what="the slot to be free")
+        again = httpx.post(f"{url}/v1/chat/completions", content=_request(max_tokens=6), timeout=30)
+        assert again.json()["choices"][0]["message"]["content"] == reference([user("What is this?")], 6)
+
+
+def test_serving_on_every_interface_without_an_api_key_warns(model_dir, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from aki.serve import server as server_module
+    from aki.serve.cli import register_commands
+
+    monkeypatch.setattr(server_module, "run_server", lambda engine, settings, **where: engine.close())
+    app = typer.Typer()
+    register_commands(app)
+    result = CliRunner().invoke(app, ["serve", str(model_dir), "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    assert "--host 0.0.0.0 exposes the server to the network without an API key" in result.output

@@ -36,6 +36,8 @@ class DataConfig:
     * ``order``: where images go relative to the text of their turn (DOT trains ``text_first`` then
       ``image_first``); ``as_is`` keeps the data's own placement.
     * ``max_length``: samples longer than this (after image expansion) are bad samples.
+    * ``max_image_pixels``: an image larger than this (width x height, read from its header before decoding)
+      makes its sample a bad sample.
     * ``flip_probability``: chance of a horizontal flip, which also swaps left/right words and boxes.
     * ``on_bad_sample``: ``skip`` drops and counts a bad sample, ``error`` stops the run (after a checkpoint)
       with a message naming it.
@@ -47,6 +49,7 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     root: str | None = None
     max_length: int = 128
+    max_image_pixels: int = 40_000_000
     order: Order = "image_first"
     flip_probability: float = 0.0
     on_bad_sample: Literal["skip", "error"] = "skip"

@@ -53,17 +53,25 @@ class Encoded:
 class _Encoder:
     """What both encoders share: image loading, flipping, placeholder expansion and the final checks."""
 
-    def __init__(self, processor: Any, *, max_length: int, order: Order = "image_first") -> None:
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        max_length: int,
+        order: Order = "image_first",
+        max_image_pixels: int | None = None,
+    ) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.max_length = max_length
         self.order = order
+        self.max_image_pixels = max_image_pixels
         self.image_token_id = processor.image_token_id
 
     def _images(self, raw: RawSample, flip: bool) -> list[Image.Image]:
         if raw.problem is not None:
             raise BadSample(raw.id, raw.problem)
-        images = [load_image(reference, raw.id) for reference in raw.images]
+        images = [load_image(reference, raw.id, max_pixels=self.max_image_pixels) for reference in raw.images]
         return flip_images(images) if flip else images
 
     def _finish(

@@ -69,15 +69,17 @@ class IndexedSource(Protocol):
     def __getitem__(self, index: int) -> RawSample: ...
 
 
-def load_image(reference: ImageRef, sample_id: str) -> Image.Image:
-    """Decode an image reference to an RGB PIL image; :class:`BadSample` naming the sample if it cannot be read."""
+def load_image(reference: ImageRef, sample_id: str, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image reference to an RGB PIL image; :class:`BadSample` naming the sample if it cannot be read
+    or (with ``max_pixels``) has more pixels, checked before decoding.
+    """
     try:
         if isinstance(reference, Image.Image):
-            image = check_decodes(reference)
+            image = check_decodes(reference, max_pixels=max_pixels)
         elif isinstance(reference, bytes):
-            image = decode_image_bytes(reference)
+            image = decode_image_bytes(reference, max_pixels=max_pixels)
         elif isinstance(reference, str):
-            image = open_image(reference)
+            image = open_image(reference, max_pixels=max_pixels)
         else:
             raise ValueError(f"an image reference must be a path, bytes or an image, got {reference!r}")
     except ValueError as error:

@@ -13,8 +13,9 @@ read by position: each (rank, worker) *slot* reads its own shards (``shard % slo
 order per epoch) one sample after another, and reports its place (epoch, shard, sample) with every
 micro-batch so that a checkpoint can resume it.
 
-Nothing here raises for bad data: a bad sample is dropped and reported in the micro-batch (``skip``), or the
-micro-batch carries an ``error`` naming it (``error``), and the training loop decides (it checkpoints first).
+Nothing here raises for bad data: a bad sample (whatever failed while reading or encoding it) is dropped and
+reported in the micro-batch with its id (``skip``), or the micro-batch carries an ``error`` naming it
+(``error``), and the training loop decides (it checkpoints first).
 """
 
 from __future__ import annotations
@@ -225,16 +226,24 @@ class _Reader:
             offset = int(self.permutations[source_index][1][offset])
         try:
             return source[offset]
-        except (OSError, UnicodeDecodeError) as error:
-            return RawSample(f"{source.name}:{offset}", (), problem=f"could not be read: {error}")
+        except Exception as error:  # one unreadable record is a bad sample, not the end of the run
+            return RawSample(
+                f"{source.name}:{offset}", (), problem=f"could not be read: {type(error).__name__}: {error}"
+            )
 
     def encode(self, position: int) -> Encoded:
+        """The sample at ``position``; :class:`BadSample` naming it for anything that fails on it."""
         raw = self.raw(position)
         flip = self.stream.flip_probability > 0 and (
             np.random.default_rng([self.stream.seed, 0x666C6970, position]).random()
             < self.stream.flip_probability
         )
-        return self.stream.encoder.encode(raw, flip=flip)
+        try:
+            return self.stream.encoder.encode(raw, flip=flip)
+        except BadSample:
+            raise
+        except Exception as error:  # e.g. a value of an unexpected type deep in a record
+            raise BadSample(raw.id, f"could not be encoded: {type(error).__name__}: {error}") from error
 
     def micro_batch(self, index: int) -> dict[str, Any]:
         encoded, skipped, error = [], [], None

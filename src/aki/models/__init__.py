@@ -10,6 +10,7 @@ from .aki import (
     convert_reference,
     tiny_tokenizer,
 )
+from .loading import load_pretrained
 
 __all__ = [
     "AkiConfig",
@@ -19,5 +20,6 @@ __all__ = [
     "aki_4b",
     "aki_tiny",
     "convert_reference",
+    "load_pretrained",
     "tiny_tokenizer",
 ]

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 DEFAULT_MODEL_DIR = Path("outputs/quickstart/mma")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class ServeEngine(str, Enum):
@@ -48,7 +49,7 @@ def _engine(model_dir: Path, *, mma: bool, threads: int | None, **kwargs):
         torch.set_num_threads(threads)
     try:
         return Engine.from_pretrained(model_dir, mma=mma, **kwargs)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # no model there, or weights that do not fit it
         raise typer.BadParameter(str(error), param_hint="MODEL_DIR") from error
 
 
@@ -84,10 +85,14 @@ def demo(
     """A gradio page: image upload, multi-turn chat, MMA and causal answers side by side, attention pictures."""
     with _engine(model_dir, mma=True, threads=threads) as engine:
         from ..generation import SamplingParams
-        from .demo import launch_demo  # gradio takes seconds to import: only once the model is there
+        from .demo import (
+            close_demo,
+            launch_demo,
+        )  # gradio takes seconds to import: only once the model is there
 
         typer.echo(f"aki demo on http://{host}:{port}/ (Ctrl+C to stop)")
-        launch_demo(engine, host=host, port=port, params=SamplingParams(max_new_tokens=max_tokens))
+        demo = launch_demo(engine, host=host, port=port, params=SamplingParams(max_new_tokens=max_tokens))
+        close_demo(demo)
 
 
 def serve(
@@ -101,10 +106,19 @@ def serve(
     image_dir: Annotated[
         Path | None, typer.Option(help="Allow image_url parts naming local files inside this directory.")
     ] = None,
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Most requests in one generate.")] = 8,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most requests decoding together.")] = 8,
     batch_window_ms: Annotated[
         float, typer.Option(min=0.0, help="How long to wait for a batch to fill.")
     ] = 20.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AKI_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 (env AKI_API_KEY)."
+        ),
+    ] = None,
+    max_concurrent_requests: Annotated[
+        int, typer.Option(min=1, help="Chat requests in flight; more get 429 at once.")
+    ] = 128,
     max_tokens_limit: Annotated[
         int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")
     ] = 1024,
@@ -113,6 +127,9 @@ def serve(
     max_image_bytes: Annotated[int, typer.Option(min=1, help="Largest encoded image.")] = 10 * 2**20,
     max_image_pixels: Annotated[int, typer.Option(min=1, help="Largest image, width x height.")] = 4096
     * 4096,
+    max_request_pixels: Annotated[
+        int, typer.Option(min=1, help="Largest total of width x height over a request's images.")
+    ] = 4096 * 4096,
     threads: Threads = None,
     engine: Annotated[
         ServeEngine,
@@ -127,14 +144,22 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """An OpenAI-compatible /v1/chat/completions server; concurrent requests are batched together."""
+    """An OpenAI-compatible /v1/chat/completions server; concurrent requests are decoded together."""
+    if api_key is None and host not in LOOPBACK:
+        typer.secho(
+            f"warning: --host {host} exposes the server to the network without an API key: anyone who can "
+            "reach it can use it (set --api-key or AKI_API_KEY)",
+            err=True,
+            fg="yellow",
+        )
     if engine is ServeEngine.vllm:
         from ..vllm.serve import serve_with_vllm
 
         typer.echo(f"aki serve: vLLM on http://{host}:{port}/v1 (MMA {'on' if mma else 'off'})")
         options = {"host": host, "port": port, "model_name": model_name, "mma": mma, "image_dir": image_dir}
         sizes = {"max_batch_size": max_batch_size, "max_images": max_images}
-        serve_with_vllm(model_dir, **options, **sizes, extra=vllm_arg or ())
+        key = ["--api-key", api_key] if api_key is not None else []
+        serve_with_vllm(model_dir, **options, **sizes, extra=[*key, *(vllm_arg or ())])
     if vllm_arg:
         raise typer.BadParameter("--vllm-arg needs --engine vllm", param_hint="--vllm-arg")
     from .engine import Limits
@@ -143,6 +168,7 @@ def serve(
         max_images=max_images,
         max_image_bytes=max_image_bytes,
         max_image_pixels=max_image_pixels,
+        max_request_pixels=max_request_pixels,
         max_prompt_tokens=max_prompt_tokens,
         max_new_tokens=max_tokens_limit,
     )
@@ -156,7 +182,12 @@ def serve(
     )
     from .server import ServerSettings, run_server
 
-    settings = ServerSettings(model_name=model_name or str(model_dir), image_dir=image_dir)
+    settings = ServerSettings(
+        model_name=model_name or str(model_dir),
+        image_dir=image_dir,
+        api_key=api_key,
+        max_concurrent_requests=max_concurrent_requests,
+    )
     typer.echo(f"aki serve on http://{host}:{port}/v1 (MMA {'on' if mma else 'off'}; Ctrl+C to stop)")
     run_server(engine, settings, host=host, port=port)
 

@@ -4,7 +4,9 @@ attention. Under the answers: the MMA mask around the image and the question, an
 attends to each question word in both modes (:mod:`aki.serve.attention_view`).
 
 Nothing leaves the machine: analytics are off, there is no share link, the theme uses system fonts and the
-page is rendered in the browser (no SSR node server).
+page is rendered in the browser (no SSR node server). Uploads are opened within the engine's
+:class:`~aki.serve.engine.Limits` (bytes, then width x height from the header, before any pixel is decoded);
+gradio deletes them an hour after upload and all of them when the demo stops.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from PIL import Image
 from ..generation import InputError, Message, SamplingParams
 from .attention_view import question_attention, save_attention_png, save_prompt_mask_png
 from .engine import Engine
+from .images import open_image_file
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -45,26 +48,23 @@ def build_demo(engine: Engine, *, params: SamplingParams | None = None) -> gr.Bl
     """
     params = params or SamplingParams(max_new_tokens=64)
 
-    def answer(question: str, image: Image.Image | None, state: dict[str, Any]) -> Iterator[tuple]:
+    def answer(question: str, image: str | None, state: dict[str, Any]) -> Iterator[tuple]:
         question = (question or "").strip()
         if not question:
             raise gr.Error("Type a question first.")
         content: list[dict[str, Any]] = []
-        if image is not None and state["image_pending"]:
-            content.append({"type": "image", "image": image.convert("RGB")})
-        user = {"role": "user", "content": [*content, {"type": "text", "text": question}]}
-        chats = {side: [*state[side], user] for side in SIDES}
         try:
+            if image is not None and state["image_pending"]:
+                content.append({"type": "image", "image": open_image_file(image, engine.limits)})
+            user = {"role": "user", "content": [*content, {"type": "text", "text": question}]}
+            chats = {side: [*state[side], user] for side in SIDES}
             generations = {side: engine.submit(chats[side], params, mma=mma) for side, mma in SIDES.items()}
         except InputError as error:
             raise gr.Error(str(error)) from error
         state["image_pending"] = False
         shown = {side: [*_display(state[side]), *_display([user]), _assistant("")] for side in SIDES}
         try:
-            for (
-                side,
-                generation,
-            ) in generations.items():  # the engine answers the MMA batch, then the causal one
+            for side, generation in generations.items():  # both decode together; MMA is shown first
                 for piece in generation:
                     shown[side][-1]["content"] += piece
                     yield shown["mma"], shown["causal"], gr.skip(), gr.skip(), state, ""
@@ -81,12 +81,20 @@ def build_demo(engine: Engine, *, params: SamplingParams | None = None) -> gr.Bl
     def clear() -> tuple:
         return [], [], None, None, new_state(), ""
 
-    with gr.Blocks(title="AKI demo", analytics_enabled=False) as demo:
+    # delete_cache: uploads older than an hour go every hour, and all of them when the server stops.
+    with gr.Blocks(title="AKI demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         state = gr.State(new_state())
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="pil", label="Image", sources=["upload"], elem_id="image", height=260)
+                image = gr.Image(
+                    type="filepath",  # opened by us, within the limits: gradio decodes nothing
+                    image_mode=None,
+                    label="Image",
+                    sources=["upload"],
+                    elem_id="image",
+                    height=260,
+                )
                 question = gr.Textbox(
                     label="Question", placeholder="What is in the image?", elem_id="question"
                 )
@@ -162,7 +170,8 @@ def launch_demo(
     block: bool = True,
 ) -> gr.Blocks:
     """Build and launch the demo on ``host:port`` (no share link); ``block=False`` returns at once (call
-    ``demo.close()`` to stop it). Up to 8 questions run at once, so their answers share batches.
+    ``demo.close()`` to stop it). Up to 8 questions run at once, so their answers share batches. gradio
+    refuses an upload above the engine's ``max_image_bytes``.
     """
     demo = build_demo(engine, params=params).queue(default_concurrency_limit=8)
     demo.launch(
@@ -174,6 +183,7 @@ def launch_demo(
         quiet=True,
         show_error=True,
         theme=theme(),
+        max_file_size=engine.limits.max_image_bytes,
     )
     return demo
 

@@ -43,7 +43,16 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def request_bodies(count: int, *, max_tokens: int = 16, seed: int = 0) -> list[dict[str, Any]]:
+def served_model(url: str, *, timeout: float = 30.0) -> str:
+    """The model id the server lists first under ``/v1/models``."""
+    response = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout)
+    response.raise_for_status()
+    return response.json()["data"][0]["id"]
+
+
+def request_bodies(
+    count: int, *, max_tokens: int = 16, seed: int = 0, model: str = "aki"
+) -> list[dict[str, Any]]:
     """``count`` distinct greedy chat requests of different lengths; two in three carry a random image."""
     rng = np.random.default_rng(seed)
     bodies = []
@@ -54,7 +63,7 @@ def request_bodies(count: int, *, max_tokens: int = 16, seed: int = 0) -> list[d
             pixels = rng.integers(0, 256, (24 + 8 * i, 32, 3), dtype=np.uint8)
             content.insert(0, {"type": "image_url", "image_url": {"url": data_url(Image.fromarray(pixels))}})
         messages = [{"role": "user", "content": content}]
-        bodies.append({"model": "aki", "messages": messages, "max_tokens": max_tokens, "temperature": 0})
+        bodies.append({"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0})
     return bodies
 
 
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     args = parser.parse_args(argv)
-    bodies = request_bodies(args.distinct, max_tokens=args.max_tokens)
+    bodies = request_bodies(args.distinct, max_tokens=args.max_tokens, model=served_model(args.url))
     expected = reference_answers(args.url, bodies, timeout=args.timeout)
     result = run_load(
         args.url,

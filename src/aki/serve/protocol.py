@@ -1,8 +1,11 @@
 """The OpenAI chat-completions wire format: request parsing into engine inputs, and response bodies.
 
 Parsing is strict where a mistake would change the answer (unknown roles and part types, ``n`` > 1, values out
-of range) and lenient where OpenAI clients send extra fields (unknown top-level keys are ignored). Every problem
-becomes an :class:`~aki.serve.engine.InputError` whose message names the field.
+of range, ``true`` where a number belongs) and lenient where OpenAI clients send extra fields (unknown top-level
+keys are ignored). Sizes are checked before any work: the chat's parts, images and characters on the raw JSON
+(:meth:`~aki.serve.engine.Limits.check_chat`), every image's bytes and header size, and the pixels of all
+images together, before one pixel is decoded. Every problem becomes an :class:`~aki.generation.InputError`
+whose message names the field.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..generation import Completion, InputError, Message, SamplingParams
 from .engine import Limits
-from .images import decode_data_url, open_image_file
+from .images import data_url_bytes, decode_image, image_file_bytes, image_pixels
+
+Count = Annotated[int, Field(strict=True, ge=1)]  # strict: JSON true is no count
+Number = Annotated[float, Field(strict=True)]
 
 
 class _Part(BaseModel):
@@ -53,17 +59,21 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
+    temperature: Annotated[Number, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[Number, Field(gt=0.0, le=1.0)] | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: Annotated[bool, Field(strict=True)] = False
     stream_options: dict[str, Any] | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: Annotated[int, Field(strict=True, ge=1, le=1)] = 1
 
-    def sampling_params(self, *, default_max_tokens: int) -> SamplingParams:
-        """Greedy unless ``temperature`` > 0 (an omitted temperature is greedy, so answers are reproducible)."""
+    def sampling_params(self, *, default_max_tokens: int | None = None) -> SamplingParams:
+        """Greedy unless ``temperature`` > 0 (an omitted temperature is greedy, so answers are reproducible).
+
+        Without ``max_tokens``, ``default_max_tokens``; None leaves it to the engine: what is left of the
+        model's context, within the server's limit (as vLLM does).
+        """
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > 4:
             raise InputError(f"stop has {len(stop)} strings; at most 4 are allowed")
@@ -79,14 +89,28 @@ class ChatCompletionRequest(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
-def parse_request(body: bytes) -> ChatCompletionRequest:
-    """The request of a raw JSON body; :class:`InputError` naming the problem when it is not one."""
+def parse_request(body: bytes, limits: Limits | None = None) -> ChatCompletionRequest:
+    """The request of a raw JSON body; :class:`InputError` naming the problem when it is not one, or when its
+    chat is larger than ``limits`` allow (checked before the request model is built).
+    """
+    most = (
+        None if limits is None else 2 * limits.max_parts + 16
+    )  # messages, parts, image_url objects, options
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_hook=_ObjectCounter(most))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"the request body is not valid JSON: {error}") from error
+    except RecursionError:
+        raise InputError("the request body is JSON nested too deeply") from None
+    except _TooManyObjects:
+        raise InputError(
+            f"the request body has more than {most} JSON objects; a chat may have at most {limits.max_parts} "
+            "messages and parts"
+        ) from None
     if not isinstance(data, dict):
         raise InputError(f"the request body must be a JSON object, got {type(data).__name__}")
+    if limits is not None:
+        limits.check_chat(data.get("messages"))
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as error:
@@ -96,12 +120,47 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
         raise InputError("invalid request: " + "; ".join(problems)) from error
 
 
+class _TooManyObjects(Exception):
+    pass
+
+
+class _ObjectCounter:
+    """A ``json.loads`` object hook that stops the parse at the ``most + 1``-th object (None: never)."""
+
+    def __init__(self, most: int | None) -> None:
+        self.most, self.seen = most, 0
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        self.seen += 1
+        if self.most is not None and self.seen > self.most:
+            raise _TooManyObjects
+        return item
+
+
 def to_engine_messages(
     messages: list[ChatMessage], limits: Limits, *, image_dir: str | Path | None = None
 ) -> list[Message]:
-    """AKI messages with decoded images: data URLs always, local files (``file://`` or a path) only inside
-    ``image_dir``; remote URLs are refused (this server fetches nothing).
+    """AKI messages with decoded images: data URLs always, local files (``file://`` or a path, relative to
+    ``image_dir``) only inside ``image_dir``; remote URLs are refused (this server fetches nothing).
+
+    Every image's bytes and header size are checked first, then the pixels of all of them together against
+    ``limits.max_request_pixels``; only then is any image decoded.
     """
+    images = {}  # (message, part) -> (encoded bytes, name)
+    for index, message in enumerate(messages):
+        for part_index, part in enumerate(message.content if isinstance(message.content, list) else []):
+            if isinstance(part, ImagePart):
+                name = f"messages[{index}].content[{part_index}].image_url"
+                images[index, part_index] = _image_bytes(part.image_url.url, limits, image_dir, name)
+    if len(images) > limits.max_images:
+        raise InputError(f"the chat has {len(images)} images, above the limit of {limits.max_images}")
+    pixels = sum(image_pixels(data, limits, name=name) for data, name in images.values())
+    if pixels > limits.max_request_pixels:
+        raise InputError(
+            f"the images of the chat have {pixels} pixels together, above the limit of "
+            f"{limits.max_request_pixels} pixels",
+            status=413,
+        )
     converted = []
     for index, message in enumerate(messages):
         if isinstance(message.content, str):
@@ -111,16 +170,16 @@ def to_engine_messages(
         for part_index, part in enumerate(message.content):
             if isinstance(part, TextPart):
                 items.append({"type": "text", "text": part.text})
-                continue
-            name = f"messages[{index}].content[{part_index}].image_url"
-            items.append({"type": "image", "image": _load_image(part.image_url.url, limits, image_dir, name)})
+            else:
+                data, name = images.pop((index, part_index))
+                items.append({"type": "image", "image": decode_image(data, limits, name=name)})
         converted.append({"role": message.role, "content": items})
     return converted
 
 
-def _load_image(url: str, limits: Limits, image_dir: str | Path | None, name: str) -> Any:
+def _image_bytes(url: str, limits: Limits, image_dir: str | Path | None, name: str) -> tuple[bytes, str]:
     if url.startswith("data:"):
-        return decode_data_url(url, limits, name=name)
+        return data_url_bytes(url, limits, name=name), name
     if url.startswith(("http://", "https://")):
         raise InputError(f"{name} is a remote URL; this server fetches nothing: send the image as a data URL")
     if image_dir is None:
@@ -128,8 +187,7 @@ def _load_image(url: str, limits: Limits, image_dir: str | Path | None, name: st
             f"{name} is a local file; local image files are disabled (start the server with --image-dir DIR)",
             status=403,
         )
-    path = url.removeprefix("file://")
-    return open_image_file(path, limits, root=image_dir)
+    return image_file_bytes(url.removeprefix("file://"), limits, root=image_dir)
 
 
 # --------------------------------------------------------------------------------------------------

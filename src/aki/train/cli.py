@@ -5,7 +5,9 @@ Examples::
     aki train vision                                      # the tiny CPU demo: vision tower (configs/vision.yaml)
     aki train pretrain                                    # then captions (configs/pretrain.yaml)
     aki train sft --config paper/sft_4b.yaml optim.lr=1e-5
-    aki train sft model.attention=causal output_dir=runs/sft-causal --resume
+    aki train sft model.attention=causal output_dir=runs/sft-causal
+    aki train sft --resume                                # continue the run in output_dir
+    aki train sft --overwrite                             # replace the run in output_dir
     accelerate launch --multi_gpu --num_processes 2 -m aki.train.cli sft   # 2 processes (gloo on a CPU)
 """
 
@@ -37,20 +39,33 @@ Overrides = Annotated[
 ]
 ResumeOption = Annotated[
     bool,
-    typer.Option("--resume", help="Continue from the latest checkpoint in output_dir (if there is one)."),
+    typer.Option("--resume", help="Continue from the latest checkpoint in output_dir (an error if none)."),
+]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace the earlier run's files in output_dir (else it must be empty)."
+    ),
 ]
 PrintOption = Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")]
 
 
 def _run(
-    stage: str, config_path: Path | None, overrides: list[str] | None, resume: bool, print_only: bool
+    stage: str,
+    config_path: Path | None,
+    overrides: list[str] | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    print_only: bool = False,
 ) -> None:
     import yaml
 
     from .config import load_config
-    from .recipe import DataError, run  # needs the train extra
+    from .recipe import DataError, DivergedError, run  # needs the train extra
 
     extra = [*(overrides or []), *(["checkpoint.resume=auto"] if resume else [])]
+    extra += ["overwrite_output_dir=true"] if overwrite else []
     try:
         config = load_config(stage, config_path, extra)
     except (ValueError, FileNotFoundError) as error:
@@ -60,7 +75,9 @@ def _run(
         return
     try:
         run(config)
-    except (DataError, FileNotFoundError) as error:  # bad data, or a model.init that is not there
+    except (DataError, DivergedError, FileNotFoundError, FileExistsError, ValueError) as error:
+        # bad data, a diverged loss, a model.init or checkpoint that is not there, an output_dir in use,
+        # a file or checkpoint aki refuses: each message names what to fix
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
 
@@ -69,10 +86,11 @@ def _run(
 def vision(
     overrides: Overrides = None,
     config: ConfigOption = None,
+    overwrite: OverwriteOption = False,
     print_config: PrintOption = False,
 ) -> None:
     """Train a fresh model's vision tower alone on synthetic scenes (the stand-in for a pre-trained SigLIP)."""
-    _run("vision", config, overrides, False, print_config)
+    _run("vision", config, overrides, overwrite=overwrite, print_only=print_config)
 
 
 @app.command()
@@ -80,10 +98,11 @@ def pretrain(
     overrides: Overrides = None,
     config: ConfigOption = None,
     resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
     print_config: PrintOption = False,
 ) -> None:
     """Pre-train on image-caption pairs ("<image>{caption}<|endofchunk|>", causal attention)."""
-    _run("pretrain", config, overrides, resume, print_config)
+    _run("pretrain", config, overrides, resume=resume, overwrite=overwrite, print_only=print_config)
 
 
 @app.command()
@@ -91,10 +110,11 @@ def sft(
     overrides: Overrides = None,
     config: ConfigOption = None,
     resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
     print_config: PrintOption = False,
 ) -> None:
     """Fine-tune on LLaVA-format conversations (Modality-Mutual Attention by default)."""
-    _run("sft", config, overrides, resume, print_config)
+    _run("sft", config, overrides, resume=resume, overwrite=overwrite, print_only=print_config)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -109,10 +110,13 @@ class TrainConfig:
 
     ``mixed_precision``: ``auto`` is what ``accelerate launch`` was given, else bf16 on a GPU that supports it
     and fp32 elsewhere. ``ddp_find_unused_parameters`` is needed under DDP when some batches have no image.
+    ``output_dir`` must be empty or new unless the run resumes (``checkpoint.resume``) or
+    ``overwrite_output_dir`` is set, which deletes the earlier run's files there first.
     """
 
     stage: Stage = "sft"
     output_dir: str = "runs/aki"
+    overwrite_output_dir: bool = False
     seed: int = 0
     steps: int = 100
     batch_size: int = 8
@@ -140,9 +144,70 @@ class TrainConfig:
             raise ValueError("data.sources is empty: give at least one data source")
         if not 0.0 <= self.data.flip_probability <= 1.0:
             raise ValueError(f"data.flip_probability must be in [0, 1], got {self.data.flip_probability}")
+        problems = [f"{key} must be {rule}, got {value!r}" for key, value, rule in _out_of_range(self)]
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _out_of_range(config: TrainConfig) -> list[tuple[str, Any, str]]:
+    """``(key, value, rule)`` of every setting outside the range where training means anything."""
+    optim, checkpoint, data = config.optim, config.checkpoint, config.data
+    checks = [
+        ("seed", config.seed, "an integer in [0, 2**32 - 1]", 0 <= config.seed < 2**32),
+        ("optim.lr", optim.lr, "a finite number >= 0", _finite(optim.lr) and optim.lr >= 0),
+        (
+            "optim.weight_decay",
+            optim.weight_decay,
+            "a finite number >= 0",
+            _finite(optim.weight_decay) and optim.weight_decay >= 0,
+        ),
+        ("optim.eps", optim.eps, "a finite number > 0", _finite(optim.eps) and optim.eps > 0),
+        (
+            "optim.betas",
+            optim.betas,
+            "two numbers in [0, 1)",
+            len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
+        ),
+        ("optim.warmup_steps", optim.warmup_steps, ">= 0", optim.warmup_steps >= 0),
+        ("optim.min_lr_ratio", optim.min_lr_ratio, "in [0, 1]", 0 <= optim.min_lr_ratio <= 1),
+        (
+            "optim.max_grad_norm",
+            optim.max_grad_norm,
+            "null (no clipping) or a finite number > 0",
+            optim.max_grad_norm is None or (_finite(optim.max_grad_norm) and optim.max_grad_norm > 0),
+        ),
+        ("checkpoint.every", checkpoint.every, ">= 0 (0: only at the end)", checkpoint.every >= 0),
+        ("checkpoint.keep", checkpoint.keep, ">= 1", checkpoint.keep >= 1),
+        ("data.num_workers", data.num_workers, ">= 0", data.num_workers >= 0),
+        ("data.max_image_pixels", data.max_image_pixels, ">= 1", data.max_image_pixels >= 1),
+    ]
+    for index, source in enumerate(data.sources):
+        where = f"data.sources[{index}]"
+        checks += [
+            (
+                f"{where}.weight",
+                source.weight,
+                "a finite number >= 0",
+                _finite(source.weight) and source.weight >= 0,
+            ),
+            (f"{where}.size", source.size, ">= 1", source.size >= 1),
+            (f"{where}.image_size", source.image_size, ">= 1", source.image_size >= 1),
+        ]
+    lora = config.model.lora
+    if lora is not None:
+        checks += [
+            ("model.lora.r", lora.r, ">= 1", lora.r >= 1),
+            ("model.lora.alpha", lora.alpha, "> 0", lora.alpha > 0),
+            ("model.lora.dropout", lora.dropout, "in [0, 1)", 0 <= lora.dropout < 1),
+        ]
+    return [(key, value, rule) for key, value, rule, ok in checks if not ok]
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
 
 
 # --------------------------------------------------------------------------------------------------

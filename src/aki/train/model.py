@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from ..data import synthetic
+from ..models import load_pretrained
 from ..models.aki import AkiForConditionalGeneration, AkiProcessor, builders, chat_template
 from .config import LoraConfig, ModelConfig
 
@@ -39,7 +40,7 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
                 f"model.init {config.init!r} is not a saved model directory (no config.json): train the stage "
                 "before it first (aki train vision, then pretrain, then sft), or set model.init to one"
             )
-        model = AkiForConditionalGeneration.from_pretrained(config.init)
+        model = load_pretrained(AkiForConditionalGeneration, config.init)
         if config.tokenizer is None:
             processor = AkiProcessor.from_pretrained(config.init)
         else:

@@ -28,7 +28,13 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -36,7 +42,15 @@ from ..data.encoding import CaptionEncoder, ChatEncoder
 from ..data.sources import open_source
 from ..data.stream import Layout, TrainStream
 from ..mma import IGNORE_INDEX
-from .checkpoint import TrainState, checkpoint_root, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import (
+    TrainState,
+    checkpoint_root,
+    claim_output_dir,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    saved_config,
+)
 from .config import TrainConfig, load_config
 from .model import build_model
 from .optim import build_optimizer, build_scheduler
@@ -47,6 +61,24 @@ FORMATS = {"pretrain": {"jsonl", "folder", "webdataset", "synthetic"}, "sft": {"
 
 class DataError(RuntimeError):
     """The run stopped on bad data (``data.on_bad_sample: error``); a checkpoint of the last step was saved."""
+
+
+class DivergedError(RuntimeError):
+    """The run stopped on a loss or gradient norm that is not finite, before the optimizer step and before any
+    save: the last checkpoint (if any) holds the last finite weights.
+    """
+
+
+# What a resumed run may set differently from the run it continues; anything else would mix two runs.
+RESUMABLE_CHANGES = (
+    "steps",
+    "output_dir",
+    "overwrite_output_dir",
+    "checkpoint.",
+    "logging.",
+    "data.num_workers",
+)
+RESUMABLE_CHANGES += ("data.root", "data.on_bad_sample")
 
 
 @dataclass
@@ -100,6 +132,7 @@ class Recipe:
                 f"launched as {launched} processes but accelerate set up {self.accelerator.num_processes}: "
                 "each would train alone; check the launcher's distributed settings"
             )
+        resume_from = self._prepare_output_dir()
         # Denormal floats make CPU kernels many times slower (docs/design.md): flush them.
         self._flushing_denormals = self.accelerator.device.type == "cpu" and torch.set_flush_denormal(True)
         set_seed(config.seed)  # the same initial weights on every rank and in every run with this seed
@@ -110,11 +143,9 @@ class Recipe:
         if deepspeed is not None:  # our loader is not prepared by accelerate, so DeepSpeed cannot infer this
             deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
         self.trainable, self.optimizer = self.accelerator.prepare(self.trainable, optimizer)
-        self.accelerator.register_for_checkpointing(self.scheduler)
 
-        resume_from = resolve_resume(config.checkpoint.resume, self.output_dir)
         if resume_from is not None:
-            self.state = load_checkpoint(self.accelerator, resume_from)
+            self.state = load_checkpoint(self.accelerator, resume_from, scheduler=self.scheduler)
             self._check_resumable(resume_from)
             self.accelerator.print(f"resumed from {resume_from} at step {self.state.step}")
         self.state.world_size = self.accelerator.num_processes
@@ -124,7 +155,9 @@ class Recipe:
 
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            _write_atomically(
+                self.output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False)
+            )
             _truncate_history(self.output_dir / "history.jsonl", self.state.step)
         if config.logging.tensorboard:
             self.accelerator.init_trackers("train", config=_hyperparameters(config))
@@ -141,7 +174,12 @@ class Recipe:
             raise ValueError(
                 f"data sources need distinct names, got {[s.name for s in sources]} (set 'name')"
             )
-        encoder = ENCODERS[config.stage](self.processor, max_length=data.max_length, order=data.order)
+        encoder = ENCODERS[config.stage](
+            self.processor,
+            max_length=data.max_length,
+            order=data.order,
+            max_image_pixels=data.max_image_pixels,
+        )
         stream = TrainStream(
             sources=sources,
             weights=[source.weight for source in data.sources],
@@ -164,7 +202,35 @@ class Recipe:
         self.stream = stream
         return DataLoader(stream, batch_size=None, num_workers=data.num_workers)
 
+    def _prepare_output_dir(self) -> Path | None:
+        """The checkpoint to resume from, after checking ``output_dir`` (on the main process, for every rank):
+        a run that does not resume needs it empty or new, or ``overwrite_output_dir`` (which deletes the earlier
+        run's files); a resumed run needs a checkpoint there.
+        """
+        problem, resume_from = None, None
+        if self.accelerator.is_main_process:
+            try:
+                resume_from = resolve_resume(self.config.checkpoint.resume, self.output_dir)
+                if resume_from is None:
+                    claim_output_dir(self.output_dir, overwrite=self.config.overwrite_output_dir)
+            except (FileNotFoundError, FileExistsError) as error:
+                problem = error
+        problem, resume_from = broadcast_object_list([problem, resume_from])
+        if problem is not None:
+            raise problem
+        return resume_from
+
     def _check_resumable(self, path: Path) -> None:
+        saved = saved_config(path)
+        if saved is not None:
+            changed = _changed_settings(saved, self.config.to_dict())
+            if changed:
+                shown = "; ".join(f"{key}: {before!r} -> {now!r}" for key, (before, now) in changed.items())
+                raise ValueError(
+                    f"checkpoint {path} was trained with other settings than this run's ({shown}); resuming would "
+                    "mix two runs: resume with the same settings (only steps, checkpoint.*, logging.*, "
+                    "data.num_workers, data.root and data.on_bad_sample may change) or train into a new output_dir"
+                )
         has_shards = any(source.format == "webdataset" for source in self.config.data.sources)
         saved = (self.state.world_size, self.state.num_workers)
         now = (self.accelerator.num_processes, self.config.data.num_workers)
@@ -259,22 +325,29 @@ class Recipe:
             seen += batch["attention_mask"].sum()
         max_norm = self.config.optim.max_grad_norm
         grad_norm = accelerator.clip_grad_norm_(self.trainable.parameters(), max_norm or math.inf)
+        skipped = [pair for item in micro_batches for pair in item["skipped"]]
+        local = torch.stack([loss_sum, seen, torch.tensor(float(len(skipped)), device=accelerator.device)])
+        totals = accelerator.reduce(local, reduction="sum")
+        loss = float(totals[0]) / max(int(step_tokens), 1)
+        norm = float(grad_norm) if grad_norm is not None else float("nan")
+        if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(norm)):
+            raise DivergedError(
+                f"step {self.state.step + 1}: the loss is {loss} and the gradient norm {norm}; stopped before the "
+                "update and without saving (lower optim.lr, or set optim.max_grad_norm)"
+            )
         lr = self.optimizer.param_groups[0]["lr"]  # the rate of this update (the scheduler moves it next)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        skipped = [pair for item in micro_batches for pair in item["skipped"]]
         self.skipped += skipped
-        local = torch.stack([loss_sum, seen, torch.tensor(float(len(skipped)), device=accelerator.device)])
-        totals = accelerator.reduce(local, reduction="sum")
         self.sample_ids.append([sample for item in micro_batches for sample in item["sample_ids"]])
         for item in micro_batches:
             self.shard_states[item["slot"]] = item["shard_states"]
         return {
-            "loss": float(totals[0]) / max(int(step_tokens), 1),
+            "loss": loss,
             "lr": lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "grad_norm": norm,
             "tokens": float(totals[1]),
             "skipped": float(totals[2]),
         }
@@ -326,7 +399,12 @@ class Recipe:
             )
         self.state.shard_states = merged
         return save_checkpoint(
-            self.accelerator, self.output_dir, self.state, keep=self.config.checkpoint.keep
+            self.accelerator,
+            self.output_dir,
+            self.state,
+            scheduler=self.scheduler,
+            config=self.config.to_dict(),
+            keep=self.config.checkpoint.keep,
         )
 
     def _save_final(self) -> Path:
@@ -356,7 +434,7 @@ class Recipe:
             "final_dir": str(result.final_dir) if result.final_dir else None,
         }
         if self.accelerator.is_main_process:
-            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            _write_atomically(self.output_dir / "summary.json", json.dumps(summary, indent=1))
             lines = [f"  {key:<16} {value}" for key, value in summary.items()]
             self.accelerator.print("\n".join([f"training summary ({self.output_dir}):", *lines]))
 
@@ -431,11 +509,49 @@ def _hyperparameters(config: TrainConfig) -> dict[str, Any]:
     return flat
 
 
+def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (saved, now)}`` of the settings that differ, except :data:`RESUMABLE_CHANGES`."""
+    flat_saved, flat_now = _flatten(saved), _flatten(now)
+    return {
+        key: (flat_saved.get(key), flat_now.get(key))
+        for key in sorted(set(flat_saved) | set(flat_now))
+        if flat_saved.get(key) != flat_now.get(key)
+        and not any(key == allowed or key.startswith(allowed) for allowed in RESUMABLE_CHANGES if allowed)
+    }
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix.rstrip("."): data}
+    return {
+        key: value
+        for name, inner in data.items()
+        for key, value in _flatten(inner, f"{prefix}{name}.").items()
+    }
+
+
 def _truncate_history(path: Path, steps: int) -> None:
-    """Keep the first ``steps`` lines of a history file (a resumed run rewrites what came after)."""
-    if path.is_file():
-        lines = path.read_text().splitlines(keepends=True)
-        path.write_text("".join(line for line in lines if json.loads(line)["step"] <= steps))
+    """Keep the history of the first ``steps`` steps (a resumed run rewrites what came after); a line a killed
+    run left half-written is dropped. The file is replaced atomically.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= steps:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    _write_atomically(path, "".join(kept))
 
 
-__all__ = ["DataError", "Recipe", "TrainResult", "run", "run_pretrain", "run_sft"]
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: never a half-written file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+__all__ = ["DataError", "DivergedError", "Recipe", "TrainResult", "run", "run_pretrain", "run_sft"]

@@ -35,6 +35,7 @@ from ..data import synthetic
 from ..data.config import SourceConfig
 from ..generation import default_device
 from ..io import open_image, read_records
+from .checkpoint import claim_output_dir
 from .config import TrainConfig, load_config
 from .model import build_model
 
@@ -215,6 +216,7 @@ def run_vision(config: TrainConfig | str | Path | None = None):
         raise ValueError(f"run_vision got a config for stage {config.stage!r}")
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
+    claim_output_dir(output_dir, overwrite=config.overwrite_output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pairs = [pair for source in config.data.sources for pair in read_scenes(source, config.data.root)]
     set_seed(config.seed)  # the initial weights, then the heads' (the batches have their own generator)
