@@ -48,6 +48,7 @@ def _run(
     import yaml
 
     from .config import load_config
+    from .lineage import UntrainedVisionTower
     from .recipe import DataError, run  # needs the train extra
 
     extra = [*(overrides or []), *(["checkpoint.resume=auto"] if resume else [])]
@@ -56,11 +57,11 @@ def _run(
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
     if print_only:
-        typer.echo(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        typer.echo(yaml.safe_dump(config.to_dict(applicable_only=True), sort_keys=False))
         return
     try:
         run(config)
-    except (DataError, FileNotFoundError) as error:  # bad data, or a model.init that is not there
+    except (DataError, FileNotFoundError, UntrainedVisionTower) as error:  # bad data, a bad model.init
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
 

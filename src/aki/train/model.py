@@ -4,6 +4,8 @@ attention mode, freeze policy and optional LoRA applied.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,23 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
     return trainable, model, processor
 
 
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool) -> Iterator[None]:
+    """Without ``enabled``, transformers' own progress bars (loading weights, writing shards) are off for the
+    duration; with it, they are left as they are.
+    """
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            hf_logging.enable_progress_bar()
+
+
 def _processor(model_config: Any, tokenizer: Any, system_message: str | None) -> AkiProcessor:
     template = None if system_message is None else chat_template(system_message)
     return AkiProcessor.for_model(model_config, tokenizer, chat_template=template)
@@ -98,4 +117,4 @@ def add_lora(model: AkiForConditionalGeneration, config: LoraConfig) -> nn.Modul
     return wrapped
 
 
-__all__ = ["TOKENIZERS", "add_lora", "build_model", "load_tokenizer"]
+__all__ = ["TOKENIZERS", "add_lora", "build_model", "library_progress_bars", "load_tokenizer"]
