@@ -46,7 +46,7 @@ def test_trls_fused_lm_head_on_the_instance_keeps_mma(name):
     """TRL's ``add_fused_lm_head`` sets ``forward`` on the instance, calling the backbone directly; aki's hook
     still makes the media rows MMA: the fused log-probabilities equal the dense reference's.
     """
-    from trl.trainer.utils import add_fused_lm_head
+    add_fused_lm_head = pytest.importorskip("trl.trainer.utils").add_fused_lm_head
 
     inputs, roles = batch(name, LAYOUTS)
     labels = labels_of(inputs, roles)
@@ -255,7 +255,8 @@ def test_torch_save_and_deepcopy_keep_mma(copier, tmp_path):
 
 
 def test_peft_sees_mma_through_and_lora_training_merging_and_adapters_keep_it(tmp_path):
-    from peft import LoraConfig, PeftModel, get_peft_model
+    peft = pytest.importorskip("peft")
+    LoraConfig, PeftModel, get_peft_model = peft.LoraConfig, peft.PeftModel, peft.get_peft_model
 
     inputs, roles = batch("llama", LAYOUTS)
     labels = labels_of(inputs, roles)
@@ -336,3 +337,39 @@ def test_compiled_mma_breaks_the_graph_only_before_the_decoder_layers(monkeypatc
     with torch.no_grad():
         compiled = torch.compile(model)(**inputs, mma_roles=roles).logits
     torch.testing.assert_close(compiled, reference_logits("llama", inputs, roles), atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_keeps_the_mma_gradients_exact():
+    """Recomputed layers get the mask built for the step (not a context that is gone by backward)."""
+    inputs, roles = batch("llama", LAYOUTS)
+    labels = labels_of(inputs, roles)
+    grads = {}
+    for checkpointing in (False, True):
+        model = build("llama", mma=True).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**inputs, labels=labels, mma_roles=roles).loss.backward()
+        grads[checkpointing] = [p.grad for p in model.parameters()]
+    for plain, checkpointed in zip(grads[False], grads[True], strict=True):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=0)
+
+
+def test_trainer_keeps_an_mma_roles_column_because_forward_names_it(tmp_path):
+    """``remove_unused_columns=True`` drops dataset columns forward does not name; MMA's forward names mma_roles."""
+    datasets = pytest.importorskip("datasets")
+    from transformers import Trainer, TrainingArguments
+
+    inputs, roles = batch("llama", LAYOUTS)
+    rows = [
+        {"input_ids": inputs["input_ids"][b].tolist(), "mma_roles": roles[b].tolist(), "note": "dropped"}
+        for b in range(2)
+    ]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True
+    )
+    trainer = Trainer(
+        model=build("llama", mma=True), args=arguments, train_dataset=datasets.Dataset.from_list(rows)
+    )
+    loaded = next(iter(trainer.get_train_dataloader()))
+    assert set(loaded) == {"input_ids", "mma_roles"}
+    assert sorted(map(tuple, loaded["mma_roles"].tolist())) == sorted(map(tuple, roles.tolist()))

@@ -7,12 +7,19 @@ adds the three commands to another typer app (the top-level ``aki``); ``python -
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 DEFAULT_MODEL_DIR = Path("outputs/quickstart/mma")
+
+
+class ServeEngine(str, Enum):
+    aki = "aki"
+    vllm = "vllm"
+
 
 ModelDir = Annotated[
     Path,
@@ -107,8 +114,29 @@ def serve(
     max_image_pixels: Annotated[int, typer.Option(min=1, help="Largest image, width x height.")] = 4096
     * 4096,
     threads: Threads = None,
+    engine: Annotated[
+        ServeEngine,
+        typer.Option(
+            help="aki: the embedded engine. vllm: vLLM's server with aki's plugin (pip install aki[vllm])."
+        ),
+    ] = ServeEngine.aki,
+    vllm_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --engine vllm: one more `vllm serve` argument, e.g. --vllm-arg=--max-model-len=2048."
+        ),
+    ] = None,
 ) -> None:
     """An OpenAI-compatible /v1/chat/completions server; concurrent requests are batched together."""
+    if engine is ServeEngine.vllm:
+        from ..vllm.serve import serve_with_vllm
+
+        typer.echo(f"aki serve: vLLM on http://{host}:{port}/v1 (MMA {'on' if mma else 'off'})")
+        options = {"host": host, "port": port, "model_name": model_name, "mma": mma, "image_dir": image_dir}
+        sizes = {"max_batch_size": max_batch_size, "max_images": max_images}
+        serve_with_vllm(model_dir, **options, **sizes, extra=vllm_arg or ())
+    if vllm_arg:
+        raise typer.BadParameter("--vllm-arg needs --engine vllm", param_hint="--vllm-arg")
     from .engine import Limits
 
     limits = Limits(
