@@ -16,7 +16,7 @@ from aki.data.sources import LlavaFile
 from aki.models import AkiForConditionalGeneration, aki_tiny
 from aki.models.aki import AkiProcessor
 from aki.models.aki.builders import extend_word_tokenizer, unknown_pieces
-from aki.train import DataError, run_sft
+from aki.train import DataError, run, run_sft
 from aki.train.config import load_config
 from aki.train.lineage import read_stages
 from aki.train.vocabulary import extend_vocabulary, scan
@@ -148,3 +148,12 @@ def test_extend_vocabulary_needs_the_language_model_trained():
         load_config("sft", overrides=["model.extend_vocabulary=true", "model.lora={r: 4}"])
     with pytest.raises(ValueError, match=r"needs model\.train_language_model=true"):
         load_config("sft", overrides=["model.extend_vocabulary=true", "model.train_language_model=false"])
+
+
+def test_a_run_that_extends_the_vocabulary_resumes_bit_for_bit(tmp_path):
+    data = source(write_chats(tmp_path))
+    whole = run_sft(tiny_config("sft", tmp_path / "whole", "steps=4", data, "model.extend_vocabulary=true"))
+    halves = tiny_config("sft", tmp_path / "halves", "steps=4", data, "model.extend_vocabulary=true")
+    assert run(halves, stop_at=2).final_dir is None
+    halves.checkpoint.resume = "auto"  # the same words get the same ids again, so the checkpoint fits
+    assert run(halves).losses == whole.losses

@@ -269,7 +269,9 @@ def _print_paired(
     console: Console, paired: list, first: dict, second: dict, *, labels: tuple[str, str]
 ) -> None:
     """The paired table, with notes when the two runs did not answer the same questions in the same way."""
-    table = Table(title=f"paired on the same questions (A = {labels[0]}, B = {labels[1]}; 95 % interval of B - A)")
+    table = Table(
+        title=f"paired on the same questions (A = {labels[0]}, B = {labels[1]}; 95 % interval of B - A)"
+    )
     table.add_column("questions", min_width=max(len(row.name) for row in paired), no_wrap=True)
     for name in ("n", "A", "B", "B - A", "low", "high"):
         table.add_column(name, justify="right", no_wrap=True)

@@ -471,7 +471,7 @@ def _data_plan(config: TrainConfig, sources: list[IndexedSource | ShardSource], 
     counts = ", ".join(f"{name} {size:,}" for name, size in sizes.items()) or "webdataset shards"
     line = f"data: {counts} samples; {config.steps:,} steps x {per_step} = {seen:,} samples"
     if sizes and len(sizes) == len(sources):
-        line += f", {seen / sum(sizes.values()):.1f} epochs"
+        line += f", {seen / sum(sizes.values()):.2g} epochs"
     return line
 
 

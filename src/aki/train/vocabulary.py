@@ -10,7 +10,7 @@ the output head by as many rows, initialised from the mean (and a tiny fraction 
 existing rows, so that a new word starts as an average word rather than a random one.
 
 Example:
-    >>> found = scan(processor.tokenizer, sources)  # doctest: +SKIP
+    >>> found = scan(processor.tokenizer, sources, read_shards=True)  # doctest: +SKIP
     >>> processor = extend_vocabulary(model, processor, found.new_words())  # doctest: +SKIP
 """
 
@@ -45,9 +45,15 @@ class VocabularyScan:
         return sorted(self.words, key=lambda word: (-self.words[word], word))
 
     def report(self, *, extending: bool) -> str | None:
-        """One paragraph for the training log, or None when every word is known."""
+        """One paragraph for the training log, or None when every word read is known and every source was read."""
+        unread = (
+            f"the webdataset sources {self.unread} were not scanned for unknown words "
+            "(model.extend_vocabulary reads them to the end)"
+            if self.unread
+            else ""
+        )
         if not self.words:
-            return None
+            return unread or None
         shown = ", ".join(f"{word!r} ({self.words[word]}x)" for word in self.new_words()[:SHOWN_WORDS])
         more = f" and {len(self.words) - SHOWN_WORDS} more" if len(self.words) > SHOWN_WORDS else ""
         head = f"the tokenizer does not know {len(self.words)} words of the training data: {shown}{more}"
@@ -61,7 +67,7 @@ class VocabularyScan:
         )
         return (
             f"warning: {head}. {answers}in prompts they are read as <unk>. Set model.extend_vocabulary=true "
-            "to add them to the vocabulary"
+            f"to add them to the vocabulary{'; ' + unread if unread else ''}"
         )
 
 
