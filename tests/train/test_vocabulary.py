@@ -157,3 +157,15 @@ def test_a_run_that_extends_the_vocabulary_resumes_bit_for_bit(tmp_path):
     assert run(halves, stop_at=2).final_dir is None
     halves.checkpoint.resume = "auto"  # the same words get the same ids again, so the checkpoint fits
     assert run(halves).losses == whole.losses
+
+
+def test_a_larger_tokenizer_than_the_models_embeddings_is_refused(tmp_path):
+    pretrained = run_sft(tiny_config("sft", tmp_path / "first", "steps=1"))
+    larger = extend_word_tokenizer(synthetic.tokenizer(), ["crimson", "teal"])
+    larger.save_pretrained(tmp_path / "tokenizer")
+    config = tiny_config("sft", tmp_path / "second", "steps=1", f"model.init={pretrained.final_dir}")
+    config.model.tokenizer = str(tmp_path / "tokenizer")
+    with pytest.raises(
+        ValueError, match="the tokenizer has 85 tokens but the model's embeddings have 83 rows"
+    ):
+        run_sft(config)

@@ -55,6 +55,13 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
         model_config = getattr(builders, config.builder)(tokenizer, **config.builder_args)
         processor = _processor(model_config, tokenizer, config.system_message)
         model = AkiForConditionalGeneration(model_config)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(processor.tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(processor.tokenizer)} tokens but the model's embeddings have {rows} rows: "
+            "ids past them have no embedding. To add the words of your data, keep the saved tokenizer and set "
+            "model.extend_vocabulary=true (the embeddings and the head grow with it)"
+        )
     if processor.num_image_tokens != model.config.num_latents:
         raise ValueError(
             f"the processor expands <image> to {processor.num_image_tokens} tokens but the model has "
