@@ -141,13 +141,13 @@ def test_evaluation_asks_as_trained_and_compare_pairs_the_arms(walk):
     assert {"category/colour", "category/shape", "category/yes/no"} <= set(rows)
 
 
-def test_batched_inference_answers_every_question_in_order(walk):
-    _, _, namespace = walk
+def test_batched_inference_answers_every_question_in_order(walk, monkeypatch):
+    folder, _, namespace = walk
+    monkeypatch.chdir(folder)  # the block's image path is relative to the walk's folder
     answers, questions = namespace["answers"], namespace["questions"]
     assert len(answers) == len(questions) == 3 and all(isinstance(answer, str) for answer in answers)
-    runner, prompt = namespace["runner"], namespace["Prompt"]
-    one_by_one = [
-        runner.generate([prompt(q, [namespace["image"]])], namespace["SamplingParams"](max_new_tokens=4))[0]
-        for q in questions
+    runner, prompt, params = namespace["runner"], namespace["Prompt"], namespace["SamplingParams"]
+    alone = [
+        runner.generate([prompt(q, [namespace["image"]])], params(max_new_tokens=4))[0] for q in questions
     ]
-    assert answers == one_by_one
+    assert answers == alone  # batched, left-padded and sorted by length: the answers of one prompt at a time
