@@ -39,6 +39,7 @@ def recipe(attention: str, output_dir: Path, *, batch_size: int, num_workers: in
             "steps=1000000",
             "model.init=null",
             "model.tokenizer=synthetic",
+            "model.allow_untrained_vision_tower=true",  # a step's cost does not depend on what the tower saw
             f"model.attention={attention}",
             f"data.num_workers={num_workers}",
             "logging.tensorboard=false",

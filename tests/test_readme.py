@@ -10,11 +10,12 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SKIP_MARK = "# not run by the tests"
+WALK_MARK = "# your own data"  # run in order, in a folder of their own, by tests/test_own_data.py
 
 
 def python_blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    return [block for block in blocks if not block.startswith(SKIP_MARK)]
+    return [block for block in blocks if not block.startswith((SKIP_MARK, WALK_MARK))]
 
 
 def test_readme_opens_with_the_two_commands():

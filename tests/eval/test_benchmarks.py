@@ -10,15 +10,16 @@ import json
 import pytest
 from eval_helpers import solid, write_jsonl
 
-from aki.eval.benchmarks import load_images, prompt_text, read_examples
+from aki.eval.benchmarks import PAPER_INSTRUCTIONS, load_images, prompt_text, read_examples
 
 
 def test_cvbench_prompt_is_the_papers_multiple_choice_format():
     row = {"idx": 0, "question": "How many cats are there?", "choices": ["1", "2", "3"], "answer": "(B)"}
-    assert prompt_text("CV-Bench", row) == (
+    assert prompt_text("CV-Bench", row, instruction=PAPER_INSTRUCTIONS["cvbench"]) == (
         "Answer with the option's letter from the given choices directly. How many cats are there?\n"
         "Options:\nA. 1\nB. 2\nC. 3\n"
     )
+    assert prompt_text("CV-Bench", row) == "How many cats are there?\nOptions:\nA. 1\nB. 2\nC. 3\n"
     as_json_text = {**row, "choices": json.dumps(["1", "2"])}  # choices stored as text (TSV, CSV)
     assert prompt_text("cvbench", as_json_text).endswith("Options:\nA. 1\nB. 2\n")
 
@@ -26,7 +27,7 @@ def test_cvbench_prompt_is_the_papers_multiple_choice_format():
 def test_mmbench_prompt_puts_the_hint_after_the_question_and_skips_absent_options():
     row = {"index": 3, "question": "What color is the cat?", "hint": "A cat sits.", "A": "red", "B": "blue"}
     row.update({"C": float("nan"), "D": None})  # how parquet and JSON mark absent options
-    assert prompt_text("mmbench", row) == (
+    assert prompt_text("mmbench", row, instruction=PAPER_INSTRUCTIONS["mmbench"]) == (
         "Answer with the option's letter from the given choices directly. What color is the cat?\n"
         "Context: A cat sits.\nOptions:\nA. red\nB. blue\n"
     )
@@ -35,9 +36,10 @@ def test_mmbench_prompt_puts_the_hint_after_the_question_and_skips_absent_option
 
 
 @pytest.mark.parametrize("name", ["pope", "MME"])  # not "benchmark": pytest-benchmark owns that fixture
-def test_yes_no_prompts_ask_for_a_short_answer(name):
+def test_yes_no_prompts_are_the_question_and_the_papers_instruction_only_when_asked(name):
     row = {"question_id": "1", "question": " Is there a cat in the image? Please answer yes or no."}
-    assert prompt_text(name, row) == (
+    assert prompt_text(name, row) == "Is there a cat in the image? Please answer yes or no."
+    assert prompt_text(name, row, instruction=PAPER_INSTRUCTIONS[name.lower()]) == (
         "Answer the question using a single word or phrase. Is there a cat in the image? Please answer yes or no."
     )
 

@@ -38,7 +38,8 @@ def run(model, data, output, *options: str):
 
 def test_run_writes_predictions_results_and_markdown(yes_aki, pope_file, tmp_path):
     output = tmp_path / "out"
-    run(yes_aki.path, pope_file, output, "--mma")
+    result = run(yes_aki.path, pope_file, output, "--mma", "--paper-instruction")
+    assert "an instruction the model was not trained with is prepended: 'Answer the question" in result.output
     predictions = [
         json.loads(line) for line in (output / "pope-mma.predictions.jsonl").read_text().splitlines()
     ]
@@ -61,6 +62,7 @@ def test_run_writes_predictions_results_and_markdown(yes_aki, pope_file, tmp_pat
     assert (run_info["examples"], run_info["max_new_tokens"]) == (5, 1)
     assert run_info["examples_per_second"] == pytest.approx(5 / run_info["seconds"])
 
+    assert run_info["prompt"]["instruction"] == "Answer the question using a single word or phrase."
     markdown = (output / "pope-mma.results.md").read_text()
     assert "| all/f1 | 0.5714 |" in markdown
     assert "5 answers, 5 predictions, 2 correct; 0 malformed and 0 missing" in markdown
@@ -73,8 +75,15 @@ def test_run_writes_predictions_results_and_markdown(yes_aki, pope_file, tmp_pat
 
 def test_run_with_and_without_mma_then_compare(yes_aki, pope_file, tmp_path):
     output = tmp_path / "out"
-    run(yes_aki.path, pope_file, output, "--no-mma", "--limit", "2")
+    bare = run(yes_aki.path, pope_file, output, "--no-mma", "--limit", "2")
     run(yes_aki.path, pope_file, output, "--mma", "--limit", "2")
+    assert (
+        "prompt: benchmark format in the model's chat template, images image_first, no instruction"
+        in bare.output
+    )
+    assert "no training record" in bare.output  # a model saved by hand: nothing says how it was trained
+    predictions = (output / "pope-causal.predictions.jsonl").read_text().splitlines()
+    assert json.loads(predictions[0])["prompt"] == "Is there a cat in the image?"  # no instruction unasked
     causal = json.loads((output / "pope-causal.results.json").read_text())
     assert causal["run"]["mma"] is False
     assert causal["counts"]["answers"] == 2  # --limit: the first two rows only, none missing
@@ -85,6 +94,9 @@ def test_run_with_and_without_mma_then_compare(yes_aki, pope_file, tmp_path):
     assert result.exit_code == 0, result.output
     accuracy = next(line for line in result.output.splitlines() if "all/accuracy" in line)
     assert accuracy.split()[3:8:2] == ["0.5000", "0.5000", "+0.0000"]
+    paired = next(line for line in result.output.splitlines() if line.startswith("│ all "))
+    cells = [cell.strip() for cell in paired.split("│")[2:8]]
+    assert cells == ["2", "0.5000", "0.5000", "+0.0000", "+0.0000", "+0.0000"]  # n, A, B, B - A, low, high
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 

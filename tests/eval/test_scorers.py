@@ -494,10 +494,12 @@ def test_cli_score_writes_results_json(tmp_path) -> None:
     assert "2 malformed, 1 missing" in result.output
     assert "malformed: 4 (not_yes_no), 8 (not_yes_no)" in result.output
     saved = json.loads(output.read_text())
-    assert set(saved) == {"benchmark", "metrics", "counts", "malformed", "missing", "extra"}
+    assert set(saved) == {"benchmark", "metrics", "counts", "malformed", "missing", "extra", "outcomes"}
     assert saved["benchmark"] == "pope"
     assert saved["metrics"]["all/f1"] == pytest.approx(8 / 11)
     assert saved["missing"] == ["10"]
+    right = {"1", "2", "3", "5", "6", "7", "9", "12", "13"}  # 4 and 8 malformed, 10 missing, 11 a false yes
+    assert saved["outcomes"] == {str(i): str(i) in right for i in range(1, 14)}
 
 
 def test_cli_score_reports_bad_answers_without_traceback(tmp_path) -> None:

@@ -245,6 +245,7 @@ def test_seeds_budgets_and_dot_give_one_run_per_combination_and_intervals_over_s
     [
         (["--latents", "0"], "visual token budgets must be >= 1"),
         (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--stop-after", "dpo"], "unknown stage 'dpo' to stop after"),
     ],
 )
 def test_bad_options_are_refused_by_name(tmp_path, arguments, message):
@@ -252,3 +253,43 @@ def test_bad_options_are_refused_by_name(tmp_path, arguments, message):
     assert result.exit_code != 0
     assert message in result.output
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("stage", "models", "listed", "stages_of_mma"),
+    [
+        ("pretrain", ["pretrained"], {"": "pretrained"}, None),
+        (
+            "sft",
+            ["causal", "mma", "pretrained"],
+            {", causal": "causal", ", mma": "mma"},
+            ["vision", "pretrain", "sft", "sft"],
+        ),
+    ],
+)
+def test_the_study_stops_after_a_stage_with_the_models_so_far_and_no_evaluation(
+    tmp_path, stage, models, listed, stages_of_mma
+):
+    options = [
+        "--preset",
+        "smoke",
+        "--stop-after",
+        stage,
+        "--workers",
+        "1",
+        "-o",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(app, options)
+    assert result.exit_code == 0, result.output
+    assert f"stopped after {stage}; nothing evaluated" in result.output
+    assert f"seed 0, 4 visual tokens: {tmp_path / 'pretrained'}" in result.output or stage != "pretrain"
+    assert sorted(path.name for path in tmp_path.iterdir() if (path / "config.json").is_file()) == sorted(
+        models
+    )
+    assert not (tmp_path / "results.json").exists()
+    assert not any(tmp_path.rglob("test_predictions.jsonl"))
+    if stages_of_mma is not None:
+        record = json.loads((tmp_path / "mma" / "aki_training.json").read_text())["stages"]
+        assert [entry["stage"] for entry in record] == stages_of_mma

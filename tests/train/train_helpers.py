@@ -18,6 +18,7 @@ def tiny_config(stage: str, output_dir: Path, *overrides: str) -> TrainConfig:
         "model.init=null",
         "model.tokenizer=synthetic",
         "model.builder=aki_tiny",
+        "model.allow_untrained_vision_tower=true",  # a fresh random tower: these tests train no vision stage
         "data.sources=[{format: synthetic, size: 64, image_size: 32}]",
         "optim.warmup_steps=0",
         "optim.lr=2e-3",

@@ -14,8 +14,11 @@ class SourceConfig:
     """One data source; ``weight`` is its share of the mixture (normalised over the sources).
 
     ``path`` is a file, folder or shard pattern (see :mod:`aki.data.sources`); ``image_root`` resolves
-    relative image paths (default: the file's folder). ``size``, ``split``, ``seed`` and ``image_size`` are read
-    by ``synthetic`` sources only.
+    relative image paths of ``jsonl`` and ``llava`` files (default: the file's folder). ``size``, ``split``,
+    ``seed``, ``image_size`` and ``family`` are read by ``synthetic`` sources only: ``size`` samples of the
+    split, or with ``family`` the first ``size`` questions of that family in the order the whole split has them
+    (what :func:`aki.quickstart.study.write_data` writes to ``train_<family>.jsonl``).
+    :data:`SOURCE_FIELDS` lists the fields each format reads.
     """
 
     format: SourceFormat
@@ -27,6 +30,21 @@ class SourceConfig:
     split: str = "train"
     seed: int = 0
     image_size: int = 64
+    family: str | None = None
+
+    def applicable(self) -> dict[str, object]:
+        """The fields this source's format reads, as a dict (what ``--print-config`` shows)."""
+        return {name: getattr(self, name) for name in SOURCE_FIELDS[self.format]}
+
+
+_COMMON_FIELDS = ("format", "name", "weight")
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "jsonl": (*_COMMON_FIELDS, "path", "image_root"),
+    "llava": (*_COMMON_FIELDS, "path", "image_root"),
+    "folder": (*_COMMON_FIELDS, "path"),
+    "webdataset": (*_COMMON_FIELDS, "path"),
+    "synthetic": (*_COMMON_FIELDS, "size", "split", "seed", "image_size", "family"),
+}
 
 
 @dataclass
@@ -57,4 +75,4 @@ class DataConfig:
     shuffle: bool = True
 
 
-__all__ = ["DataConfig", "Order", "SourceConfig", "SourceFormat"]
+__all__ = ["SOURCE_FIELDS", "DataConfig", "Order", "SourceConfig", "SourceFormat"]

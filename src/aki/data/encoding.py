@@ -5,7 +5,9 @@ Pre-training samples are ``<image>{caption}<|endofchunk|>`` (after the tokenizer
 with :class:`~aki.models.aki.AkiProcessor`'s chat template; the template marks the answers (and their end
 token) as generation, which gives the labels, and the processor's :meth:`~AkiProcessor.roles` gives the roles
 of the same token ids. Every labelled position must be RESPONSE (checked for every sample): a label on a
-position that media tokens may see would train on text the image has already read.
+position that media tokens may see would train on text the image has already read. No label may be the
+tokenizer's unknown token: a sample whose answer holds a word the tokenizer does not know is a bad sample
+(skipped and counted, or an error), never trained as ``<unk>``.
 
 Example:
     >>> encoder = ChatEncoder(processor, max_length=512)  # doctest: +SKIP
@@ -16,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..mma import IGNORE_INDEX, Role
+from ..models.aki.builders import unknown_pieces
 from .augment import flip_images, flip_text
 from .config import Order
 from .sources import BadSample, RawSample, load_image
@@ -37,6 +41,7 @@ _SPEAKERS = {
     "system": "system",
 }
 _IMAGE_SPLIT = re.compile(r"(<image>)")
+ANSWER_SPEAKERS = ("gpt", "assistant")
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,29 @@ class _Encoder:
         self.order = order
         self.max_image_pixels = max_image_pixels
         self.image_token_id = processor.image_token_id
+        size = getattr(processor.image_processor, "size", None) or {}
+        self.image_size = (size.get("width"), size.get("height"))  # what the vision tower takes, in pixels
+        self._resize_said = False
 
     def _images(self, raw: RawSample, flip: bool) -> list[Image.Image]:
         if raw.problem is not None:
             raise BadSample(raw.id, raw.problem)
         images = [load_image(reference, raw.id, max_pixels=self.max_image_pixels) for reference in raw.images]
+        self._say_resize_once(raw, images)
         return flip_images(images) if flip else images
+
+    def _say_resize_once(self, raw: RawSample, images: list[Image.Image]) -> None:
+        """Warn (once per encoder) that images of another size than the vision tower's are resized to it."""
+        other = next((image for image in images if image.size != self.image_size), None)
+        if other is None or self._resize_said or None in self.image_size:
+            return
+        self._resize_said = True
+        width, height = self.image_size
+        warnings.warn(
+            f"images are resized to {width} x {height} px, the vision tower's input (the first other size: "
+            f"{other.width} x {other.height} px, sample {raw.id!r}); this is said once",
+            stacklevel=3,
+        )
 
     def _finish(
         self, raw: RawSample, token_ids: list[int], labelled: list[bool], images: list[Image.Image]
@@ -104,6 +126,16 @@ class _Encoder:
             )
         if all(label == IGNORE_INDEX for label in labels):
             raise BadSample(raw.id, "no labelled token: nothing to train on")
+        unk = self.tokenizer.unk_token_id
+        if unk is not None and unk in labels:
+            words = sorted(
+                {piece for pieces in unknown_pieces(self.tokenizer, answer_texts(raw)) for piece in pieces}
+            )
+            raise BadSample(
+                raw.id,
+                f"its answer holds words the tokenizer does not know ({', '.join(map(repr, words)) or '<unk>'}), "
+                "which would be trained as <unk>: set model.extend_vocabulary=true to add them",
+            )
         return Encoded(raw.id, input_ids, labels, roles, images)
 
 
@@ -162,23 +194,56 @@ class ChatEncoder(_Encoder):
     def _message(
         self, raw: RawSample, turn: dict[str, str], *, flip: bool, image_width: int
     ) -> dict[str, Any]:
-        role = _SPEAKERS.get(turn["from"])
         if not isinstance(turn["value"], str):
             raise BadSample(raw.id, f"a turn's 'value' must be a string, got {type(turn['value']).__name__}")
-        if role is None:
-            raise BadSample(raw.id, f"unknown speaker {turn['from']!r}; expected one of {sorted(_SPEAKERS)}")
         text = flip_text(turn["value"], image_width=image_width) if flip else turn["value"]
-        items = [
-            {"type": "image"} if piece == "<image>" else {"type": "text", "text": piece.strip()}
-            for piece in _IMAGE_SPLIT.split(text)
-            if piece.strip()
-        ]
-        if role != "user" and any(item["type"] == "image" for item in items):
-            raise BadSample(raw.id, f"a {turn['from']!r} turn holds <image>: images belong to user turns")
-        if self.order != "as_is":
-            first = "image" if self.order == "image_first" else "text"
-            items.sort(key=lambda item: item["type"] != first)  # stable: keeps the order within each kind
-        return {"role": role, "content": items}
+        try:
+            return chat_message(turn["from"], text, order=self.order)
+        except ValueError as error:
+            raise BadSample(raw.id, str(error)) from None
+
+
+def chat_message(speaker: str, text: str, *, order: Order) -> dict[str, Any]:
+    """One LLaVA turn (``"from"`` and ``"value"``) as a Hugging Face chat message, as training renders it: the
+    speaker's role, the text cut at its ``<image>`` marks into image and text items (each text stripped), the
+    images moved first or last within the turn unless ``order`` is ``as_is``. Evaluation builds its prompts
+    with it too, so that a question is asked exactly as the model was trained on it.
+
+    Example:
+        >>> chat_message("human", "what is it?\\n<image>", order="image_first")
+        {'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': 'what is it?'}]}
+    """
+    role = _SPEAKERS.get(speaker)
+    if role is None:
+        raise ValueError(f"unknown speaker {speaker!r}; expected one of {sorted(_SPEAKERS)}")
+    items = [
+        {"type": "image"} if piece == "<image>" else {"type": "text", "text": piece.strip()}
+        for piece in _IMAGE_SPLIT.split(text)
+        if piece.strip()
+    ]
+    if role != "user" and any(item["type"] == "image" for item in items):
+        raise ValueError(f"a {speaker!r} turn holds <image>: images belong to user turns")
+    if order != "as_is":
+        first = "image" if order == "image_first" else "text"
+        items.sort(key=lambda item: item["type"] != first)  # stable: keeps the order within each kind
+    return {"role": role, "content": items}
+
+
+def answer_texts(raw: RawSample) -> list[str]:
+    """What a sample trains the model to say: its caption, or the values of its assistant turns."""
+    if raw.conversations is None:
+        return [] if raw.caption is None else [raw.caption]
+    return [turn["value"] for turn in raw.conversations if _is_answer(turn)]
+
+
+def prompt_texts(raw: RawSample) -> list[str]:
+    """The rest of a sample's text: the values of its user and system turns."""
+    turns = raw.conversations or ()
+    return [turn["value"] for turn in turns if not _is_answer(turn) and isinstance(turn.get("value"), str)]
+
+
+def _is_answer(turn: dict[str, Any]) -> bool:
+    return turn.get("from") in ANSWER_SPEAKERS and isinstance(turn.get("value"), str)
 
 
 class ChatCollator:
@@ -215,4 +280,13 @@ def collate(samples: list[Encoded], *, processor: Any) -> dict[str, torch.Tensor
     return batch
 
 
-__all__ = ["CaptionEncoder", "ChatCollator", "ChatEncoder", "Encoded", "collate"]
+__all__ = [
+    "CaptionEncoder",
+    "ChatCollator",
+    "ChatEncoder",
+    "Encoded",
+    "answer_texts",
+    "chat_message",
+    "collate",
+    "prompt_texts",
+]

@@ -177,21 +177,44 @@ class LlavaFile(_RecordFile):
 
 
 class SyntheticScenes:
-    """``synthetic`` scenes made on the fly: sample ``i`` is ``make_sample(split, i)``; captions or chats."""
+    """``synthetic`` scenes made on the fly: sample ``i`` is ``make_sample(split, i)``; captions or chats.
+
+    With ``family``, sample ``i`` is the ``i``-th question of that family in the whole split (families take
+    turns, so it is ``make_sample(split, i * 6 + k)`` for the family's place ``k``): the records a file of that
+    family's questions written from the split holds, in its order.
+    """
 
     def __init__(
-        self, *, size: int, split: str = "train", seed: int = 0, image_size: int = 64, name: str | None = None
+        self,
+        *,
+        size: int,
+        split: str = "train",
+        seed: int = 0,
+        image_size: int = 64,
+        family: str | None = None,
+        name: str | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a synthetic source needs size >= 1, got {size}")
+        families = [f.value for f in synthetic.Family]
+        if family is not None and family not in families:
+            raise ValueError(f"unknown question family {family!r}; expected one of {families}")
         self.size, self.split, self.seed, self.image_size = size, split, seed, image_size
-        self.name = name or f"synthetic-{split}"
+        self.family = family
+        self.name = name or f"synthetic-{split}" + (f"-{family}" if family else "")
 
     def __len__(self) -> int:
         return self.size
 
+    def sample(self, index: int) -> synthetic.Sample:
+        """The synthetic sample behind record ``index``."""
+        if self.family is not None:
+            families = list(synthetic.Family)
+            index = index * len(families) + families.index(synthetic.Family(self.family))
+        return synthetic.make_sample(self.split, index, seed=self.seed, image_size=self.image_size)
+
     def __getitem__(self, index: int) -> RawSample:
-        sample = synthetic.make_sample(self.split, index, seed=self.seed, image_size=self.image_size)
+        sample = self.sample(index)
         record = sample.to_llava("")
         return RawSample(
             f"{self.name}:{sample.id}",
@@ -246,6 +269,7 @@ def open_source(config: SourceConfig, root: str | Path | None = None) -> Indexed
             split=config.split,
             seed=config.seed,
             image_size=config.image_size,
+            family=config.family,
             name=config.name,
         )
     if not config.path:

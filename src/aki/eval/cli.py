@@ -2,11 +2,13 @@
 
 A typer sub-app (``app``) that the main CLI mounts as ``aki eval``. ``run`` loads a saved AKI model and calls
 :mod:`aki.eval.run`; ``score`` and ``compare`` only read files. Every metric is defined in
-:mod:`aki.eval.scorers`; the commands print rich tables.
+:mod:`aki.eval.scorers`; the commands print rich tables. ``compare`` pairs the two results question by
+question when both hold their outcomes (what ``run`` and ``score`` write): ``B - A`` with a 95 % interval.
 
 Example:
     aki eval run --model checkpoints/aki --benchmark pope --data pope.parquet --no-mma --output out
     aki eval run --model checkpoints/aki --benchmark pope --data pope.parquet --mma --output out
+    aki eval run --model runs/mine-mma/final --benchmark vqa --data test.json --output out
     aki eval score pope --predictions preds.jsonl --answers pope.jsonl --output pope.results.json
     aki eval compare out/pope-causal.results.json out/pope-mma.results.json --plot compare.png
 """
@@ -22,7 +24,14 @@ from rich.console import Console
 from rich.table import Table
 
 from aki.eval.report import digits_for, format_value
-from aki.eval.scorers import MetricComparison, compare_results, load_results, score_files, write_results
+from aki.eval.scorers import (
+    MetricComparison,
+    compare_results,
+    load_results,
+    paired_differences,
+    score_files,
+    write_results,
+)
 
 app = typer.Typer(
     help="Run a model on a benchmark, score predictions offline and compare results.", no_args_is_help=True
@@ -32,12 +41,26 @@ _SHOWN_IDS = 10  # malformed / missing ids listed on the terminal; the results J
 
 
 class Benchmark(str, Enum):
-    """Benchmarks with an offline scorer."""
+    """Benchmarks with an offline scorer; ``vqa`` is any free-form VQA file (LLaVA json or JSON lines)."""
 
     cvbench = "cvbench"
     pope = "pope"
     mme = "mme"
     mmbench = "mmbench"
+    vqa = "vqa"
+
+
+class ImageOrder(str, Enum):
+    """Where a free-form question's images go within its turn (as ``data.order`` in training)."""
+
+    as_is = "as_is"
+    image_first = "image_first"
+    text_first = "text_first"
+
+
+CategoryOption = Annotated[
+    str, typer.Option(help="vqa: the column whose values break the scores down (absent: overall only).")
+]
 
 
 @app.command("run")
@@ -51,7 +74,7 @@ def run_command(
         typer.Option(
             exists=True,
             dir_okay=False,
-            help="Benchmark file (parquet, JSON, JSONL, TSV) in its public layout.",
+            help="Benchmark file (parquet, JSON, JSONL, TSV) in its public layout; vqa: LLaVA json or JSONL.",
         ),
     ],
     output: Annotated[
@@ -69,15 +92,41 @@ def run_command(
     limit: Annotated[int | None, typer.Option(min=1, help="Answer only the first N questions.")] = None,
     device: Annotated[str | None, typer.Option(help="Device (default: cuda if available, else cpu).")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    instruction: Annotated[
+        str | None, typer.Option(help="Put this instruction before every question (default: none).")
+    ] = None,
+    paper_instruction: Annotated[
+        bool,
+        typer.Option(
+            "--paper-instruction", help="Put the paper's instruction for the benchmark before every question."
+        ),
+    ] = False,
+    order: Annotated[
+        ImageOrder | None,
+        typer.Option(
+            help="vqa: where the images go in a question's turn (default: as the model was fine-tuned)."
+        ),
+    ] = None,
+    category_field: CategoryOption = "category",
 ) -> None:
     """Answer every question of DATA with MODEL, score the answers, write predictions, results and a table.
 
-    Files in OUTPUT: {benchmark}-{mma|causal}.predictions.jsonl, .results.json and .results.md.
+    The questions are asked as the data writes them, in the model's own chat template, with no instruction
+    unless one is given; what differs from the model's training is printed. Files in OUTPUT:
+    {benchmark}-{mma|causal}.predictions.jsonl, .results.json and .results.md.
     """
+    from aki.eval.benchmarks import PAPER_INSTRUCTIONS
     from aki.eval.run import run_benchmark, write_run
     from aki.generation import Runner
 
     console = Console()
+    if paper_instruction:
+        if instruction is not None or benchmark.value not in PAPER_INSTRUCTIONS:
+            console.print(
+                f"[red]error:[/red] --paper-instruction is for {', '.join(PAPER_INSTRUCTIONS)}, alone"
+            )
+            raise typer.Exit(code=1)
+        instruction = PAPER_INSTRUCTIONS[benchmark.value]
     try:
         runner = Runner.from_pretrained(
             model,
@@ -88,7 +137,14 @@ def run_command(
             batch_size=batch_size,
         )
         results, predictions = run_benchmark(
-            runner, benchmark.value, data, max_new_tokens=max_new_tokens, limit=limit
+            runner,
+            benchmark.value,
+            data,
+            max_new_tokens=max_new_tokens,
+            limit=limit,
+            instruction=instruction,
+            order=None if order is None else order.value,
+            category_field=category_field,
         )
     except (ValueError, TypeError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
@@ -100,8 +156,9 @@ def run_command(
     console.print(
         f"{run['examples']} examples in {run['seconds']:.1f} s ({run['examples_per_second']:.2f}/s)"
     )
+    _print_prompt(console, run)
     for path in files:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", soft_wrap=True)
 
 
 @app.command("score")
@@ -117,11 +174,12 @@ def score_command(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the results JSON here.")
     ] = None,
+    category_field: CategoryOption = "category",
 ) -> None:
     """Score PREDICTIONS against ANSWERS and print the metrics; malformed and missing count as wrong."""
     console = Console()
     try:
-        results = score_files(benchmark.value, predictions, answers)
+        results = score_files(benchmark.value, predictions, answers, category_field=category_field)
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=1) from error
@@ -151,10 +209,14 @@ def compare_command(
     b: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Second results JSON.")],
     plot: Annotated[Path | None, typer.Option(help="Also save a grouped bar chart (PNG) here.")] = None,
 ) -> None:
-    """Print the metrics of two results JSONs side by side with their differences (B - A)."""
+    """Print the metrics of two results JSONs side by side with their differences (B - A), then B - A on the
+    questions both answered with its 95 % paired interval (overall and per category), e.g. causal vs MMA.
+    """
     console = Console()
     try:
-        rows = compare_results(load_results(a), load_results(b))
+        first, second = load_results(a), load_results(b)
+        rows = compare_results(first, second)
+        paired = paired_differences(first, second)
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=1) from error
@@ -172,6 +234,8 @@ def compare_command(
             format_value(row.difference, digits=digits, signed=True),
         )
     console.print(table)
+    if paired:
+        _print_paired(console, paired, first, second, labels=(a.stem, b.stem))
     if plot is not None:
         try:
             _plot_comparison(rows, labels=(a.stem, b.stem), path=plot)
@@ -179,6 +243,59 @@ def compare_command(
             console.print(f"[red]error:[/red] {error}")
             raise typer.Exit(code=1) from error
         console.print(f"wrote {plot}")
+
+
+def _print_prompt(console: Console, run: dict) -> None:
+    """How the questions were asked, and in yellow what of it differs from the model's training."""
+    prompt = run["prompt"]
+    instruction = (
+        "no instruction" if prompt["instruction"] is None else f"instruction {prompt['instruction']!r}"
+    )
+    console.print(
+        f"prompt: {prompt['source']} in {prompt['template']}, images {prompt['image_order']}, {instruction}",
+        soft_wrap=True,
+    )
+    if not prompt["differences"]:
+        console.print("the prompt is the one the model was fine-tuned with (its template and image order)")
+    for difference in prompt["differences"]:
+        console.print(
+            f"[yellow]note: the prompt differs from training: {difference}[/yellow]", soft_wrap=True
+        )
+    if run.get("images_resized"):
+        console.print(f"note: images are resized to the vision tower's input ({run['images_resized']})")
+
+
+def _print_paired(
+    console: Console, paired: list, first: dict, second: dict, *, labels: tuple[str, str]
+) -> None:
+    """The paired table, with notes when the two runs did not answer the same questions in the same way."""
+    table = Table(
+        title=f"paired on the same questions (A = {labels[0]}, B = {labels[1]}; 95 % interval of B - A)"
+    )
+    table.add_column("questions", min_width=max(len(row.name) for row in paired), no_wrap=True)
+    for name in ("n", "A", "B", "B - A", "low", "high"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in paired:
+        values = (row.a, row.b)
+        signed = (row.difference, row.low, row.high)
+        table.add_row(
+            row.name, str(row.questions), *(f"{v:.4f}" for v in values), *(f"{v:+.4f}" for v in signed)
+        )
+    console.print(table)
+    total = (len(first["outcomes"]), len(second["outcomes"]))
+    if paired[0].questions < max(total):
+        console.print(
+            f"note: {paired[0].questions} questions in both results ({total[0]} and {total[1]} in each)"
+        )
+    prompts = [(result.get("run") or {}).get("prompt") for result in (first, second)]
+    keys = ("source", "instruction", "image_order")
+    if None not in prompts and any(prompts[0].get(key) != prompts[1].get(key) for key in keys):
+        console.print(
+            "[yellow]note: the two runs asked the questions differently "
+            f"({', '.join(f'{k}: {prompts[0].get(k)!r} vs {prompts[1].get(k)!r}' for k in keys)}): part of the "
+            "difference may be the prompt's[/yellow]",
+            soft_wrap=True,
+        )
 
 
 def _print_metrics(console: Console, results: dict, *, title: str) -> None:

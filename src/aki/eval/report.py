@@ -43,4 +43,11 @@ def results_markdown(results: Mapping[str, Any]) -> str:
             f"batch size {run['batch_size']}, at most {run['max_new_tokens']} new tokens: {run['examples']} "
             f"examples in {run['seconds']:.1f} s ({run['examples_per_second']:.2f} examples/s).",
         ]
+        prompt = run.get("prompt")
+        if prompt:
+            instruction = (
+                "no instruction" if prompt["instruction"] is None else f"`{prompt['instruction']}` first"
+            )
+            lines += ["", f"Prompt: {prompt['source']}, images {prompt['image_order']}, {instruction}."]
+            lines += [f"Differs from training: {difference}." for difference in prompt["differences"]]
     return "\n".join(lines) + "\n"

@@ -1,17 +1,20 @@
-"""Offline scorers for the paper's benchmarks: CV-Bench, POPE, MME and MMBench.
+"""Offline scorers for the paper's benchmarks (CV-Bench, POPE, MME, MMBench) and for free-form VQA files.
 
 Each scorer takes predictions (``{id: generated text}``) and the benchmark's answer rows, and returns
 one results dict of the same shape for every benchmark (written as JSON by ``aki eval score``)::
 
     {
-      "benchmark": "pope",                     # cvbench | pope | mme | mmbench
+      "benchmark": "pope",                     # cvbench | pope | mme | mmbench | vqa
       "metrics": {"random/f1": 0.75, ...},     # name -> float
       "counts": {"answers": 12, "predictions": 12, "correct": 8,
                  "malformed": 1, "missing": 1, "extra": 1, ...},   # name -> int
       "malformed": {"7": "not_yes_no"},        # answer id -> problem, scored wrong
       "missing": ["12"],                       # answer ids without a prediction, scored wrong
-      "extra": ["99"]                          # prediction ids not in the answers, ignored
+      "extra": ["99"],                         # prediction ids not in the answers, ignored
+      "outcomes": {"1": true, ...}             # answer id -> right or wrong (what a paired comparison reads)
     }
+
+Free-form results (``vqa``) also hold ``"categories"`` (answer id -> category) when the rows have one.
 
 Rates (accuracy, precision, ...) are fractions in [0, 1]; MME scores are points as the benchmark defines
 them (0-200 per subtask). Metrics:
@@ -30,10 +33,17 @@ them (0-200 per subtask). Metrics:
 - ``mmbench``: circular evaluation. ``overall`` = fraction of circular groups whose every row (every
   rotation of the options) is right; ``category/<name>`` and ``l2-category/<name>`` the same per category;
   ``row_accuracy`` is the plain per-row accuracy, for diagnosis.
+- ``vqa``: free-form answers. ``normalised_match`` (:func:`answers_match`: case, surrounding punctuation and
+  spaces ignored; a row is right under it) and ``exact_match`` (the answer as written, surrounding spaces
+  stripped); with a category column (``category`` unless told otherwise), both per category as
+  ``category/<name>/normalised_match`` and ``category/<name>/exact_match``. An empty prediction is wrong and
+  listed as malformed (``empty``). Rows are LLaVA records (the reference is the last assistant turn) or flat
+  ``{"id", "question", "answer"}`` rows (:func:`vqa_rows`).
 
 File formats. Answers are the benchmarks' public rows, read from JSON (a list of objects), JSON lines,
 TSV (VLMEvalKit files) or parquet (only if pandas is installed; it is not a dependency). Columns used:
-CV-Bench ``choices`` (list), ``answer`` "(A)", ``source``, ``task``; POPE ``answer`` yes/no,
+CV-Bench ``choices`` (list), ``answer`` "(A)", ``source``, ``task``; free-form ``answer`` (or LLaVA
+``conversations``) and a category; POPE ``answer`` yes/no,
 ``category``; MME ``answer`` Yes/No, ``category`` (subtask), and the image (first of ``image_path``,
 ``question_id``, ``image`` that is a string); MMBench option columns ``A``..``H`` (empty = absent),
 ``answer`` letter, ``category``, ``l2-category``, and the circular group: ``g_index`` or
@@ -71,12 +81,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..io import read_records
+from .stats import paired_interval
 
 __all__ = [
     "BENCHMARKS",
     "MME_COGNITION",
     "MME_PERCEPTION",
     "MetricComparison",
+    "PairedDifference",
     "Parsed",
     "answers_match",
     "assign_ids",
@@ -88,6 +100,7 @@ __all__ = [
     "is_blank",
     "load_results",
     "normalise_answer",
+    "paired_differences",
     "predictions_from_records",
     "read_predictions",
     "score",
@@ -96,10 +109,12 @@ __all__ = [
     "score_mmbench",
     "score_mme",
     "score_pope",
+    "score_vqa",
+    "vqa_rows",
     "write_results",
 ]
 
-BENCHMARKS = ("cvbench", "pope", "mme", "mmbench")
+BENCHMARKS = ("cvbench", "pope", "mme", "mmbench", "vqa")
 POPE_SPLITS = ("random", "popular", "adversarial")
 MME_PERCEPTION = (
     "existence",
@@ -125,6 +140,8 @@ MMBENCH_OPTION_COLUMNS = "ABCDEFGH"
 NO_LETTER = "no_letter"
 SEVERAL_LETTERS = "several_letters"
 NOT_YES_NO = "not_yes_no"
+EMPTY = "empty"
+ANSWER_SPEAKERS = ("gpt", "assistant")  # LLaVA's name of the answering turn, and the chat one
 
 Row = dict[str, Any]
 
@@ -143,6 +160,18 @@ class MetricComparison(NamedTuple):
     a: float | None
     b: float | None
     difference: float | None  # b - a
+
+
+class PairedDifference(NamedTuple):
+    """Accuracy of two results on the same questions and ``b - a`` with its 95 % paired interval."""
+
+    name: str  # "all", or "category/<name>"
+    questions: int
+    a: float
+    b: float
+    difference: float
+    low: float
+    high: float
 
 
 # ----------------------------------------------------------------------------- parsing predictions
@@ -389,6 +418,7 @@ def _result(
         "malformed": judgement.malformed,
         "missing": judgement.missing,
         "extra": judgement.extra,
+        "outcomes": {item.row["id"]: item.correct for item in judgement.items},
     }
 
 
@@ -584,6 +614,69 @@ def score_mmbench(predictions: Mapping[Any, Any], answers: Iterable[Row]) -> dic
     return _result("mmbench", judgement, metrics, counts)
 
 
+# ----------------------------------------------------------------------------- free-form VQA
+
+
+def vqa_rows(records: Iterable[Row]) -> list[Row]:
+    """Answer rows of a free-form VQA file: each record with its ``answer``, the last assistant turn of its LLaVA
+    ``conversations`` when it has them (``{"from": "gpt" | "assistant", "value"}``), else its own ``answer``.
+
+    Example:
+        >>> turns = [{"from": "human", "value": "<image>\\nwhat is it?"}, {"from": "gpt", "value": "a disc"}]
+        >>> vqa_rows([{"id": "q1", "conversations": turns, "category": "shape"}])[0]["answer"]
+        'a disc'
+    """
+    rows = []
+    for number, record in enumerate(records, start=1):
+        turns = record.get("conversations")
+        if turns is None:
+            rows.append(dict(record))
+            continue
+        answers = [t for t in turns if isinstance(t, dict) and t.get("from") in ANSWER_SPEAKERS]
+        if not answers or turns[-1] is not answers[-1]:
+            raise ValueError(
+                f"record {number} ({record.get('id')!r}): its conversation must end with the answer turn"
+            )
+        rows.append({**record, "answer": answers[-1]["value"]})
+    return rows
+
+
+def _free_form(text: str, row: Row) -> Parsed:
+    return Parsed(normalise_answer(text), None) if text.strip() else Parsed(None, EMPTY)
+
+
+def score_vqa(
+    predictions: Mapping[Any, Any], answers: Iterable[Row], *, category_field: str = "category"
+) -> dict[str, Any]:
+    """Score free-form answers: normalised and exact match, overall and per ``category_field`` if rows have it."""
+    rows = assign_ids(vqa_rows(answers))
+    judgement = _judge(
+        predictions, rows, expected=lambda row: normalise_answer(str(_field(row, "answer"))), parse=_free_form
+    )
+    texts = {_as_id(key): "" if value is None else str(value) for key, value in predictions.items()}
+    exact = {row["id"]: texts.get(row["id"], "").strip() == str(row["answer"]).strip() for row in rows}
+    metrics = {
+        "normalised_match": _accuracy(judgement.items),
+        "exact_match": sum(exact.values()) / len(rows),
+    }
+    counts = {"exact_correct": sum(exact.values())}
+    categories = {
+        row["id"]: str(row[category_field]) for row in rows if not is_blank(row.get(category_field))
+    }
+    if categories:
+        by_category = _grouped(judgement.items, lambda item: categories.get(item.row["id"], "none"))
+        for name, items in sorted(by_category.items()):
+            metrics[f"category/{name}/normalised_match"] = _accuracy(items)
+            metrics[f"category/{name}/exact_match"] = sum(exact[item.row["id"]] for item in items) / len(
+                items
+            )
+            counts[f"category/{name}"] = len(items)
+    results = _result("vqa", judgement, metrics, counts)
+    if categories:
+        results["categories"] = {row["id"]: categories.get(row["id"], "none") for row in rows}
+    return results
+
+
 # ----------------------------------------------------------------------------- entry points
 
 _SCORERS: dict[str, Callable[[Mapping[Any, Any], Iterable[Row]], dict[str, Any]]] = {
@@ -591,6 +684,7 @@ _SCORERS: dict[str, Callable[[Mapping[Any, Any], Iterable[Row]], dict[str, Any]]
     "pope": score_pope,
     "mme": score_mme,
     "mmbench": score_mmbench,
+    "vqa": score_vqa,
 }
 
 
@@ -601,15 +695,29 @@ def benchmark_name(benchmark: str) -> str:
     return name
 
 
-def score(benchmark: str, predictions: Mapping[Any, Any], answers: Iterable[Row]) -> dict[str, Any]:
-    """Score ``predictions`` (``{id: text}``) against answer rows of ``benchmark`` ("CV-Bench" = "cvbench")."""
-    return _SCORERS[benchmark_name(benchmark)](predictions, answers)
-
-
-def score_files(benchmark: str, predictions: str | Path, answers: str | Path) -> dict[str, Any]:
-    """Score a predictions file against an answers file; what ``aki eval score`` runs."""
+def score(
+    benchmark: str,
+    predictions: Mapping[Any, Any],
+    answers: Iterable[Row],
+    *,
+    category_field: str = "category",
+) -> dict[str, Any]:
+    """Score ``predictions`` (``{id: text}``) against answer rows of ``benchmark`` ("CV-Bench" = "cvbench");
+    ``category_field`` is the column free-form results are broken down by.
+    """
     name = benchmark_name(benchmark)
-    return _SCORERS[name](read_predictions(predictions), read_records(answers))
+    if name == "vqa":
+        return score_vqa(predictions, answers, category_field=category_field)
+    return _SCORERS[name](predictions, answers)
+
+
+def score_files(
+    benchmark: str, predictions: str | Path, answers: str | Path, *, category_field: str = "category"
+) -> dict[str, Any]:
+    """Score a predictions file against an answers file; what ``aki eval score`` runs."""
+    return score(
+        benchmark, read_predictions(predictions), read_records(answers), category_field=category_field
+    )
 
 
 def write_results(results: Mapping[str, Any], path: str | Path) -> None:
@@ -641,4 +749,46 @@ def compare_results(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[MetricCo
         value_a, value_b = a["metrics"].get(name), b["metrics"].get(name)
         difference = value_b - value_a if value_a is not None and value_b is not None else None
         rows.append(MetricComparison(name, value_a, value_b, difference))
+    return rows
+
+
+def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[PairedDifference]:
+    """``b - a`` on the questions both results answered (their ``outcomes``): over all of them, then per category
+    when both are free-form results with the same categories. Empty when either result has no outcomes.
+
+    Example:
+        >>> a = {"benchmark": "vqa", "outcomes": {"1": True, "2": False, "3": False, "4": True}}
+        >>> b = {"benchmark": "vqa", "outcomes": {"1": True, "2": True, "3": False, "4": True}}
+        >>> [round(value, 3) for value in paired_differences(a, b)[0][2:]]
+        [0.5, 0.75, 0.25, -0.24, 0.74]
+    """
+    if a["benchmark"] != b["benchmark"]:
+        raise ValueError(
+            f"cannot pair results of different benchmarks: {a['benchmark']!r} and {b['benchmark']!r}"
+        )
+    first, second = a.get("outcomes") or {}, b.get("outcomes") or {}
+    common = [question for question in first if question in second]
+    if not first or not second:
+        return []
+    if not common:
+        raise ValueError("the two results share no question id: they cannot be paired")
+    groups: dict[str, list[str]] = {"all": common}
+    categories_a, categories_b = a.get("categories") or {}, b.get("categories") or {}
+    if categories_a and categories_b:
+        for question in common:
+            if categories_a.get(question) != categories_b.get(question):
+                raise ValueError(
+                    f"question {question!r} has category {categories_a.get(question)!r} in one result "
+                    f"and {categories_b.get(question)!r} in the other"
+                )
+            groups.setdefault(f"category/{categories_a[question]}", []).append(question)
+    rows = []
+    for name, questions in sorted(groups.items(), key=lambda group: (group[0] != "all", group[0])):
+        left, right = [first[q] for q in questions], [second[q] for q in questions]
+        difference, low, high = paired_interval(left, right)
+        rows.append(
+            PairedDifference(
+                name, len(questions), sum(left) / len(left), sum(right) / len(right), difference, low, high
+            )
+        )
     return rows

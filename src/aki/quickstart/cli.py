@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .presets import PRESETS
+from .presets import PRESETS, STOP_STAGES
 
 app = typer.Typer(add_completion=False)
 
@@ -45,6 +45,13 @@ def quickstart(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    stop_after: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Stop after one stage ({', '.join(STOP_STAGES)}): the models so far, no evaluation; e.g. "
+            "pretrain gives a seeing pre-trained model (pretrained/) to fine-tune on your own data."
+        ),
+    ] = None,
 ) -> None:
     """Generate synthetic data, pre-train a tiny AKI, fine-tune it with causal attention and with MMA from the
     same checkpoint, evaluate both per question family and print the table (results.json and plots too).
@@ -66,11 +73,17 @@ def quickstart(
             threads=threads,
             workers=workers,
             progress=progress,
+            stop_after=stop_after,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     console = Console()
     results = run_study(options)
+    if "stopped_after" in results:
+        console.print(f"stopped after {results['stopped_after']}; nothing evaluated. Models:")
+        for label, path in results["models"].items():
+            console.print(f"  {label}: {path}", soft_wrap=True)
+        return
     report.print_tables(results, console)
     console.print(f"results, plots and models: {output_dir}/", style="dim")
 

@@ -26,6 +26,9 @@ from ..train.config import CONFIG_DIR, TrainConfig, load_config
 PRESET_DIR = CONFIG_DIR / "quickstart"
 STAGES = ("vision", "pretrain", "sft_curriculum", "sft")  # in the order the study runs them
 PRESETS = ("default", "smoke", "gpu")
+# Where a study can stop (``--stop-after``), in the order it runs: after the data, the vision tower,
+# pre-training, the arms' curriculum, or the arms' whole fine-tuning (then nothing is evaluated).
+STOP_STAGES = ("data", *STAGES)
 
 
 @dataclass(frozen=True)
@@ -74,4 +77,4 @@ def get_preset(name: str) -> Preset:
     return Preset(name=name, **study)
 
 
-__all__ = ["PRESETS", "PRESET_DIR", "STAGES", "Preset", "get_preset"]
+__all__ = ["PRESETS", "PRESET_DIR", "STAGES", "STOP_STAGES", "Preset", "get_preset"]

@@ -15,6 +15,10 @@ configs (:mod:`aki.quickstart.presets`) with :func:`aki.train.run`, the path a u
    is right under normalised exact match (:func:`aki.eval.scorers.answers_match`), the same rule for every arm;
 6. ``results.json``, ``accuracy.png``, ``curves.png`` and ``mask.png`` (the MMA mask of one test question).
 
+``stop_after`` ends the study after one of :data:`STOP_STAGES` (the data, the vision tower, pre-training, the
+curriculum or the fine-tuning of every arm), with the models made so far and no evaluation: e.g. a seeing,
+pre-trained model to fine-tune on your own data (``aki quickstart --stop-after pretrain``).
+
 The models are normal Hugging Face directories: ``pretrained/``, ``causal/`` and ``mma/`` (and ``dot/``) in the
 output directory for the first seed and budget, ``runs/latents<K>_seed<S>/`` for the others.
 
@@ -50,7 +54,7 @@ from ..models.aki import AkiProcessor
 from ..train import TrainResult, run
 from ..viz import save_mask_png
 from . import report
-from .presets import Preset, get_preset
+from .presets import STOP_STAGES, Preset, get_preset
 
 QUESTION = (
     "Does Modality-Mutual Attention beat causal attention, trained on the same data from the same start?"
@@ -67,6 +71,7 @@ class StudyOptions:
     ``latents`` lists the visual token budgets to sweep (empty: the preset's). ``threads`` is torch's CPU
     threads per process (one process per arm); ``workers`` how many arms train at once (None: one per arm,
     at most one per CPU core; 1 trains them one after another in this process). ``data_seed`` fixes the data.
+    ``stop_after`` (one of :data:`STOP_STAGES`; None: the whole study) ends it early, without evaluation.
     """
 
     preset: Preset = field(default_factory=lambda: get_preset("default"))
@@ -78,8 +83,13 @@ class StudyOptions:
     workers: int | None = None
     progress: bool = True
     data_seed: int = 0
+    stop_after: str | None = None
 
     def __post_init__(self) -> None:
+        if self.stop_after is not None and self.stop_after not in STOP_STAGES:
+            raise ValueError(
+                f"unknown stage {self.stop_after!r} to stop after; expected one of {list(STOP_STAGES)}"
+            )
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if any(k < 1 for k in self.latents):
@@ -128,32 +138,43 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
     out = Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     preset, timings = options.preset, _Timings()
-    runs, outcomes = [], {}
+    runs, outcomes, stopped = [], {}, {}
     with _quiet_libraries(), _torch_threads(options.shared_threads), _StageProgress(options) as progress:
         with timings("data"):
             progress.start("writing synthetic data", total=1)
             data = write_data(out / "data", preset, seed=options.data_seed)
             test = read_test(data)
             progress.finish()
+        if options.stop_after == "data":
+            return _stopped(options, {"data": data})
         for latents in options.budgets:
             for seed in range(options.seeds):
                 first = (latents, seed) == (options.budgets[0], 0)
                 root = out if first else out / "runs" / f"latents{latents}_seed{seed}"
                 label = f"seed {seed}, {latents} visual tokens"
-                job = ArmJob("", root, preset, seed, latents, data, options.threads)
+                job = ArmJob("", root, preset, seed, latents, data, options.threads, options.stop_after)
                 _fresh(job.work)
                 with timings("vision"):
                     vision = _stage(job, progress, "vision", f"training the vision tower ({label})")
+                if options.stop_after == "vision":
+                    stopped[label] = vision.final_dir
+                    continue
                 with timings("pretrain"):
                     pretrained = _stage(
                         job, progress, "pretrain", f"pre-training ({label})", init=vision.final_dir
                     )
                     _publish(pretrained.final_dir, root / "pretrained")
+                if options.stop_after == "pretrain":
+                    stopped[label] = root / "pretrained"
+                    continue
                 arm_jobs = [job._replace(arm=arm) for arm in options.arms]
                 with timings("fine_tune_and_evaluate"):
                     for arm, done in zip(
                         options.arms, _run_arms(arm_jobs, options.parallel_arms, progress, label), strict=True
                     ):
+                        if done.right is None:  # stopped before the evaluation
+                            stopped[f"{label}, {arm}"] = done.model_dir
+                            continue
                         outcomes[latents, seed, arm] = _by_family(test, done.right)
                         runs.append(
                             _run_record(
@@ -166,6 +187,8 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
                                 out=out,
                             )
                         )
+        if stopped:
+            return _stopped(options, stopped)
         chance = {family: synthetic.chance_level(family) for family in FAMILIES}
         chance[report.OVERALL] = sum(chance.values()) / len(chance)
         results = {
@@ -205,6 +228,14 @@ def run_study(options: StudyOptions) -> dict[str, Any]:
     results["timings"] = timings.as_dict()
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _stopped(options: StudyOptions, models: dict[str, Path]) -> dict[str, Any]:
+    """What a study that stopped early returns (nothing is evaluated, no results.json): where its models are."""
+    return {
+        "stopped_after": options.stop_after,
+        "models": {label: str(path) for label, path in models.items()},
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,6 +310,7 @@ class ArmJob(NamedTuple):
     latents: int
     data: Path
     threads: int = 1
+    stop_after: str | None = None  # one of STOP_STAGES
 
     @property
     def work(self) -> Path:
@@ -367,25 +399,33 @@ class ArmResult(NamedTuple):
     pretrain_losses: list[float] | None  # the DOT arm's own pre-training; None: the shared one
     train_seconds: float
     eval_seconds: float
-    right: list[bool]
+    right: list[bool] | None  # None: the study stopped before evaluating
 
 
 def run_arm(job: ArmJob) -> ArmResult:
     """Fine-tune one arm by its :func:`training_plan`, copy its final model to ``root/<arm>``, reload it and
-    answer the test split.
+    answer the test split (with ``job.stop_after``, only the plan's stages up to that one, and no answers).
     """
     with _quiet_libraries(), _torch_threads(job.threads):
         started = time.perf_counter()
         init = job.work / "vision" / "final" if job.arm == "dot" else job.root / "pretrained"
         losses: dict[str, list[float]] = {"pretrain": [], "sft": []}
-        for stage in training_plan(job.arm, job.preset):
+        for stage in _plan_until(training_plan(job.arm, job.preset), job.stop_after):
             config = job.preset.config(stage.config, job.overrides(stage, init))
             result = _run(config, job.work)
             losses[config.stage] += result.losses
             init = result.final_dir
         train_seconds = time.perf_counter() - started
+        if job.stop_after == "sft_curriculum":
+            return ArmResult(
+                job.arm, init, losses["sft"], losses["pretrain"] or None, train_seconds, 0.0, None
+            )
         model_dir = job.root / job.arm
         _publish(init, model_dir)
+        if job.stop_after == "sft":
+            return ArmResult(
+                job.arm, model_dir, losses["sft"], losses["pretrain"] or None, train_seconds, 0.0, None
+            )
         started = time.perf_counter()
         with (job.work / f"eval_{job.arm}.progress").open("a") as tick:
             right = evaluate(
@@ -405,14 +445,20 @@ def run_arm(job: ArmJob) -> ArmResult:
     )
 
 
+def _plan_until(plan: list[Stage], stop_after: str | None) -> list[Stage]:
+    """The plan up to its last stage of config ``stop_after`` (the whole plan if it has none)."""
+    last = max((i for i, stage in enumerate(plan) if stage.config == stop_after), default=len(plan) - 1)
+    return plan[: last + 1]
+
+
 def _run_arms(jobs: list[ArmJob], workers: int, progress: _StageProgress, label: str) -> list[ArmResult]:
     """Run the arms, ``workers`` at a time in separate processes (1: here, one after another)."""
     test_size = sum(1 for _ in (jobs[0].data / "test.jsonl").open())
     files = {}
     for job in jobs:
-        plan = training_plan(job.arm, job.preset)
+        plan = _plan_until(training_plan(job.arm, job.preset), job.stop_after)
         steps = sum(job.preset.config(stage.config, stage.overrides).steps for stage in plan)
-        batches = -(-test_size // job.preset.eval_batch_size)
+        batches = 0 if job.stop_after else -(-test_size // job.preset.eval_batch_size)
         progress.start(f"{_ARM_TITLES[job.arm]} + evaluation ({label})", total=steps + batches, key=job.arm)
         files[job.arm] = [
             *(job.work / s.name / "history.jsonl" for s in plan),
@@ -563,8 +609,9 @@ class _StageProgress:
 
     def __init__(self, options: StudyOptions) -> None:
         runs = options.seeds * len(options.budgets)
-        # data, then vision, pre-training and the arms of each run, then the report
-        self.total_stages = 2 + runs * (2 + len(options.arms))
+        # data, then vision, pre-training and the arms of each run, then the report (unless stopped early)
+        per_run = {"data": 0, "vision": 1, "pretrain": 2}.get(options.stop_after, 2 + len(options.arms))
+        self.total_stages = 1 + runs * per_run + (options.stop_after is None)
         self.enabled = options.progress
         self.tasks: dict[str, Any] = {}
 
@@ -696,6 +743,7 @@ def _environment(options: StudyOptions) -> dict[str, Any]:
 __all__ = [
     "FAMILIES",
     "QUESTION",
+    "STOP_STAGES",
     "ArmJob",
     "ArmResult",
     "Stage",

@@ -62,6 +62,7 @@ def _run(
     import yaml
 
     from .config import load_config
+    from .lineage import UntrainedVisionTower
     from .recipe import DataError, DivergedError, run  # needs the train extra
 
     extra = [*(overrides or []), *(["checkpoint.resume=auto"] if resume else [])]
@@ -71,12 +72,19 @@ def _run(
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
     if print_only:
-        typer.echo(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        typer.echo(yaml.safe_dump(config.to_dict(applicable_only=True), sort_keys=False))
         return
     try:
         run(config)
-    except (DataError, DivergedError, FileNotFoundError, FileExistsError, ValueError) as error:
-        # bad data, a diverged loss, a model.init or checkpoint that is not there, an output_dir in use,
+    except (
+        DataError,
+        DivergedError,
+        UntrainedVisionTower,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+    ) as error:
+        # bad data, a diverged loss, an untrained vision tower, a model.init or checkpoint that is not there, an output_dir in use,
         # a file or checkpoint aki refuses: each message names what to fix
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error

@@ -53,6 +53,10 @@ class ModelConfig:
       one; the tiny default uses "" to keep samples short); a processor loaded from ``init`` keeps its own.
     * ``attention``: ``mma`` or ``causal`` (pre-training is causal either way: captions are RESPONSE).
     * ``train_*``: the freeze policy (the paper: vision tower frozen, resampler and LM trained).
+    * ``extend_vocabulary``: add the words of the training data that a word-level tokenizer does not know to it,
+      growing the embeddings and the head (:mod:`aki.train.vocabulary`); without it such answers are skipped.
+    * ``allow_untrained_vision_tower``: train with a frozen vision tower that was never trained (a fresh model,
+      or one whose training record shows no vision stage); refused otherwise (:mod:`aki.train.lineage`).
     """
 
     init: str | None = None
@@ -67,6 +71,15 @@ class ModelConfig:
     train_language_model: bool = True
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
+    extend_vocabulary: bool = False
+    allow_untrained_vision_tower: bool = False
+
+    def __post_init__(self) -> None:
+        if self.extend_vocabulary and (self.lora is not None or not self.train_language_model):
+            raise ValueError(
+                "model.extend_vocabulary trains the new rows of the embeddings and the head: it needs "
+                "model.train_language_model=true and no model.lora"
+            )
 
 
 @dataclass
@@ -148,8 +161,14 @@ class TrainConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self, *, applicable_only: bool = False) -> dict[str, Any]:
+        """Every setting as nested dicts; ``applicable_only`` keeps of each data source only the fields its
+        format reads (``--print-config``).
+        """
+        data = dataclasses.asdict(self)
+        if applicable_only:
+            data["data"]["sources"] = [source.applicable() for source in self.data.sources]
+        return data
 
 
 def _out_of_range(config: TrainConfig) -> list[tuple[str, Any, str]]:

@@ -4,6 +4,8 @@ attention mode, freeze policy and optional LoRA applied.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,13 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
         model_config = getattr(builders, config.builder)(tokenizer, **config.builder_args)
         processor = _processor(model_config, tokenizer, config.system_message)
         model = AkiForConditionalGeneration(model_config)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(processor.tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(processor.tokenizer)} tokens but the model's embeddings have {rows} rows: "
+            "ids past them have no embedding. To add the words of your data, keep the saved tokenizer and set "
+            "model.extend_vocabulary=true (the embeddings and the head grow with it)"
+        )
     if processor.num_image_tokens != model.config.num_latents:
         raise ValueError(
             f"the processor expands <image> to {processor.num_image_tokens} tokens but the model has "
@@ -70,6 +79,23 @@ def build_model(config: ModelConfig) -> tuple[nn.Module, AkiForConditionalGenera
         model.gradient_checkpointing_enable()
     trainable = model if config.lora is None else add_lora(model, config.lora)
     return trainable, model, processor
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool) -> Iterator[None]:
+    """Without ``enabled``, transformers' own progress bars (loading weights, writing shards) are off for the
+    duration; with it, they are left as they are.
+    """
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            hf_logging.enable_progress_bar()
 
 
 def _processor(model_config: Any, tokenizer: Any, system_message: str | None) -> AkiProcessor:
@@ -99,4 +125,4 @@ def add_lora(model: AkiForConditionalGeneration, config: LoraConfig) -> nn.Modul
     return wrapped
 
 
-__all__ = ["TOKENIZERS", "add_lora", "build_model", "load_tokenizer"]
+__all__ = ["TOKENIZERS", "add_lora", "build_model", "library_progress_bars", "load_tokenizer"]

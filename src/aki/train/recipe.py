@@ -39,9 +39,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.encoding import CaptionEncoder, ChatEncoder
-from ..data.sources import open_source
+from ..data.sources import IndexedSource, ShardSource, open_source
 from ..data.stream import Layout, TrainStream
 from ..mma import IGNORE_INDEX
+from . import vocabulary
 from .checkpoint import (
     TrainState,
     checkpoint_root,
@@ -52,7 +53,8 @@ from .checkpoint import (
     saved_config,
 )
 from .config import TrainConfig, load_config
-from .model import build_model
+from .lineage import check_vision_tower, stage_entry, write_record
+from .model import build_model, library_progress_bars
 from .optim import build_optimizer, build_scheduler
 
 ENCODERS = {"pretrain": CaptionEncoder, "sft": ChatEncoder}
@@ -107,6 +109,7 @@ class Recipe:
         self.skipped: list[tuple[str, str]] = []
         self.sample_ids: list[list[str]] = []
         self.shard_states: dict[str, dict[str, list[int]]] = {}
+        self.added_words = 0
 
     # ----------------------------------------------------------------------------------------------
     # setup
@@ -114,6 +117,7 @@ class Recipe:
 
     def setup(self) -> None:
         config = self.config
+        check_vision_tower(config)
         self.accelerator = Accelerator(
             cpu=not torch.accelerator.is_available(),  # else a launch on CPUs gives N lone processes, not gloo
             mixed_precision=_mixed_precision(config.mixed_precision),
@@ -137,6 +141,8 @@ class Recipe:
         self._flushing_denormals = self.accelerator.device.type == "cpu" and torch.set_flush_denormal(True)
         set_seed(config.seed)  # the same initial weights on every rank and in every run with this seed
         self.trainable, self.model, self.processor = build_model(config.model)
+        sources = self._open_sources()
+        self._fit_vocabulary(sources)
         optimizer = build_optimizer(self.trainable, config.optim)
         self.scheduler = build_scheduler(optimizer, config.optim, total_steps=config.steps)
         deepspeed = self.accelerator.state.deepspeed_plugin
@@ -151,7 +157,7 @@ class Recipe:
         self.state.world_size = self.accelerator.num_processes
         self.state.num_workers = config.data.num_workers
         self.shard_states = dict(self.state.shard_states)
-        self.loader = iter(self._data_loader())
+        self.loader = iter(self._data_loader(sources))
 
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +168,7 @@ class Recipe:
         if config.logging.tensorboard:
             self.accelerator.init_trackers("train", config=_hyperparameters(config))
 
-    def _data_loader(self) -> DataLoader:
+    def _open_sources(self) -> list[IndexedSource | ShardSource]:
         config, data = self.config, self.config.data
         sources = [open_source(source, data.root) for source in data.sources]
         wrong = [s.format for s in data.sources if s.format not in FORMATS[config.stage]]
@@ -174,6 +180,24 @@ class Recipe:
             raise ValueError(
                 f"data sources need distinct names, got {[s.name for s in sources]} (set 'name')"
             )
+        self.accelerator.print(_data_plan(self.config, sources, self.accelerator.num_processes))
+        return sources
+
+    def _fit_vocabulary(self, sources: list[IndexedSource | ShardSource]) -> None:
+        """Report the words of the data the tokenizer does not know; with ``model.extend_vocabulary``, add them
+        (before the optimizer is built, so that the new rows are trained).
+        """
+        extend = self.config.model.extend_vocabulary
+        found = vocabulary.scan(self.processor.tokenizer, sources, read_shards=extend)
+        report = found.report(extending=extend)
+        if report is not None:
+            self.accelerator.print(report)
+        if extend and found.words:
+            self.processor = vocabulary.extend_vocabulary(self.model, self.processor, found.new_words())
+            self.added_words = len(found.words)
+
+    def _data_loader(self, sources: list[IndexedSource | ShardSource]) -> DataLoader:
+        config, data = self.config, self.config.data
         encoder = ENCODERS[config.stage](
             self.processor,
             max_length=data.max_length,
@@ -418,6 +442,12 @@ class Recipe:
         if accelerator.is_main_process:
             model.save_pretrained(final_dir, state_dict=state_dict, safe_serialization=True)
             self.processor.save_pretrained(final_dir)
+            entry = stage_entry(
+                self.config,
+                trains_vision_tower=self.config.model.train_vision_tower,
+                added_words=self.added_words,
+            )
+            write_record(final_dir, self.config, entry)
         accelerator.wait_for_everyone()
         return final_dir
 
@@ -458,11 +488,13 @@ def run(config: TrainConfig, *, stop_at: int | None = None) -> TrainResult:
     if config.stage == "vision":
         from .vision import run_vision
 
-        return run_vision(config)
+        with library_progress_bars(config.logging.progress_bar):
+            return run_vision(config)
     recipe = Recipe(config)
     try:
-        recipe.setup()
-        return recipe.train(stop_at=stop_at)
+        with library_progress_bars(config.logging.progress_bar):  # transformers' loading and saving bars
+            recipe.setup()
+            return recipe.train(stop_at=stop_at)
     finally:
         recipe.cleanup()
 
@@ -528,6 +560,18 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
         for name, inner in data.items()
         for key, value in _flatten(inner, f"{prefix}{name}.").items()
     }
+
+
+def _data_plan(config: TrainConfig, sources: list[IndexedSource | ShardSource], world_size: int) -> str:
+    """One line on what the run reads: the samples of each source and how many epochs of them the steps make."""
+    sizes = {source.name: len(source) for source in sources if not isinstance(source, ShardSource)}
+    per_step = config.batch_size * config.gradient_accumulation_steps * world_size
+    seen = config.steps * per_step
+    counts = ", ".join(f"{name} {size:,}" for name, size in sizes.items()) or "webdataset shards"
+    line = f"data: {counts} samples; {config.steps:,} steps x {per_step} = {seen:,} samples"
+    if sizes and len(sizes) == len(sources):
+        line += f", {seen / sum(sizes.values()):.2g} epochs"
+    return line
 
 
 def _truncate_history(path: Path, steps: int) -> None:

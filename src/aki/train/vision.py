@@ -33,10 +33,12 @@ from transformers import set_seed
 
 from ..data import synthetic
 from ..data.config import SourceConfig
+from ..data.sources import open_source
 from ..generation import default_device
 from ..io import open_image, read_records
 from .checkpoint import claim_output_dir
 from .config import TrainConfig, load_config
+from .lineage import stage_entry, write_record
 from .model import build_model
 
 # Where a shape's centre lies, as a column and a row of a POSITION_BINS x POSITION_BINS grid of the image.
@@ -183,10 +185,8 @@ def read_scenes(source: SourceConfig, root: str | None = None) -> list[tuple[Ima
     file written by :func:`aki.data.synthetic.write_split` (records with ``image`` and ``scene``), in file order.
     """
     if source.format == "synthetic":
-        samples = (
-            synthetic.make_sample(source.split, i, seed=source.seed, image_size=source.image_size)
-            for i in range(source.size)
-        )
+        scenes = open_source(source)
+        samples = (scenes.sample(index) for index in range(len(scenes)))
         return [(sample.image.convert("RGB"), sample.scene) for sample in samples]
     if source.format not in ("llava", "jsonl"):
         raise ValueError(f"the vision stage reads synthetic, llava or jsonl sources, got {source.format!r}")
@@ -258,6 +258,7 @@ def run_vision(config: TrainConfig | str | Path | None = None):
     final_dir = output_dir / "final"
     model.cpu().save_pretrained(final_dir)
     processor.save_pretrained(final_dir)
+    write_record(final_dir, config, stage_entry(config, trains_vision_tower=True))
     return TrainResult(
         output_dir=output_dir,
         final_dir=final_dir,

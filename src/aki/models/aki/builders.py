@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerFast
 
 from .configuration_aki import AkiConfig
 from .processing_aki import CHAT_SYSTEM_MESSAGE
@@ -262,6 +263,53 @@ def word_tokenizer(
     )
 
 
+def unknown_pieces(tokenizer: Any, texts: Sequence[str]) -> list[list[str]]:
+    """For each text, the pieces that ``tokenizer`` reads as its unknown token, as written in the text (cut by
+    the tokenizer's own pre-tokenizer; special tokens such as ``<image>`` are known).
+
+    Example:
+        >>> tokenizer = word_tokenizer(["which shape is red?"])
+        >>> unknown_pieces(tokenizer, ["which shape is teal?", "red", "teal or crimson?"])
+        [['teal'], [], ['teal', 'or', 'crimson']]
+    """
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return [[] for _ in texts]
+    encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    return [
+        [text[start:end] for token, (start, end) in zip(e.ids, e.offsets, strict=True) if token == unk]
+        for text, e in zip(texts, encodings, strict=True)
+    ]
+
+
+def extend_word_tokenizer(tokenizer: Any, words: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A copy of a word-level ``tokenizer`` that also knows ``words``, with the ids after its last one, in the
+    order given; every text it could read before is read as before (same pieces, same ids).
+
+    Only word-level tokenizers (:func:`word_tokenizer`, the tiny default's) are extended this way: a subword
+    tokenizer has no unknown words to add. The copy goes through ``save_pretrained`` / ``from_pretrained``,
+    so it is exactly what a saved processor reloads.
+
+    Example:
+        >>> tokenizer = extend_word_tokenizer(word_tokenizer(["which shape is red?"]), ["teal"])
+        >>> tokenizer.convert_tokens_to_ids("teal") == len(tokenizer) - 1
+        True
+    """
+    words = [word for word in dict.fromkeys(words) if word not in tokenizer.get_vocab()]
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save_pretrained(directory)
+        path = Path(directory) / "tokenizer.json"
+        state = json.loads(path.read_text())
+        if state["model"]["type"] != "WordLevel":
+            raise ValueError(
+                f"only a word-level tokenizer can be extended with new words; this one is {state['model']['type']}"
+            )
+        first = len(tokenizer)
+        state["model"]["vocab"].update({word: first + offset for offset, word in enumerate(words)})
+        path.write_text(json.dumps(state, ensure_ascii=False))
+        return AutoTokenizer.from_pretrained(directory)
+
+
 def tiny_tokenizer(texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """:func:`word_tokenizer` with whitespace tokens on AKI's default system message and ``texts``: for tests
     and demos whose prompts must tokenize exactly as they read (the newline after ``<|assistant|>`` included).
@@ -331,7 +379,9 @@ __all__ = [
     "aki_config",
     "aki_sized",
     "aki_tiny",
+    "extend_word_tokenizer",
     "tiny_tokenizer",
     "token_ids_from_tokenizer",
+    "unknown_pieces",
     "word_tokenizer",
 ]
