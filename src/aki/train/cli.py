@@ -84,8 +84,8 @@ def _run(
         FileExistsError,
         ValueError,
     ) as error:
-        # bad data, a diverged loss, an untrained vision tower, a model.init or checkpoint that is not there, an output_dir in use,
-        # a file or checkpoint aki refuses: each message names what to fix
+        # bad data, a diverged loss, an untrained vision tower, a model.init or checkpoint that is not there,
+        # an output_dir in use, a file or checkpoint aki refuses: each message names what to fix
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
 
