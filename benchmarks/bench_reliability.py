@@ -25,59 +25,20 @@ import io
 import json
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import torch
 from PIL import Image
 
 from _common import parse_args, report_check, report_ratio
-from aki.models import AkiForConditionalGeneration, AkiProcessor, aki_tiny, tiny_tokenizer
+from _serving import save_tiny_model, start_server
 from aki.serve.loadtest import QUESTIONS
 
 LONG_TOKENS = 900
 MODEL = "tiny"
-
-
-def save_tiny_model(path: Path) -> None:
-    """A tiny AKI that never ends an answer early (no end-of-sequence token)."""
-    tokenizer = tiny_tokenizer(QUESTIONS)
-    config = aki_tiny(tokenizer)
-    torch.manual_seed(0)
-    model = AkiForConditionalGeneration(config)
-    model.generation_config.eos_token_id = None
-    model.save_pretrained(path)
-    AkiProcessor.for_model(config, tokenizer).save_pretrained(path)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(model_dir: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "aki.serve.cli", "serve", str(model_dir), "--port", str(port)]
-    command += ["--threads", str(threads), "--model-name", MODEL]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the server did not answer /health within 120 s")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,8 +201,8 @@ def abandoned(url: str) -> tuple[int, int, float, float]:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], default_repeats=3)
     with tempfile.TemporaryDirectory(prefix="aki-bench-reliability-") as folder:
-        save_tiny_model(Path(folder))
-        server, url = start_server(Path(folder), threads=args.threads)
+        save_tiny_model(Path(folder), ends_answers=False)
+        server, url = start_server(Path(folder), ["--threads", str(args.threads), "--model-name", MODEL])
         try:
             post(url, chat(QUESTIONS[0]))  # warm-up
             figures = oversized_requests(url, server.pid)

@@ -15,21 +15,13 @@ one ``generate`` of 16 tokens took 1.7 s instead of 50 ms.
 
 from __future__ import annotations
 
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-import torch
-
 from _common import parse_args, report_check
-from aki.models import AkiForConditionalGeneration, AkiProcessor, aki_tiny, tiny_tokenizer
+from _serving import save_tiny_model, start_server
 from aki.serve.loadtest import (
-    QUESTIONS,
     LoadResult,
     reference_answers,
     request_bodies,
@@ -41,47 +33,12 @@ CLIENTS = (1, 8)
 TARGET = 3.0
 
 
-def save_tiny_model(path: Path) -> None:
-    tokenizer = tiny_tokenizer(QUESTIONS)
-    config = aki_tiny(tokenizer)
-    torch.manual_seed(0)
-    AkiForConditionalGeneration(config).save_pretrained(path)
-    AkiProcessor.for_model(config, tokenizer).save_pretrained(path)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(model_dir: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "aki.serve.cli", "serve", str(model_dir), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--threads", str(threads)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(
-                f"the server exited with {server.returncode}: {server.stderr.read().decode()[-2000:]}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the server did not answer /health within 120 s")
-
-
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], default_repeats=3)
     requests, max_tokens = (16, 8) if args.quick else (48, 16)
     with tempfile.TemporaryDirectory(prefix="aki-bench-serve-") as folder:
         save_tiny_model(Path(folder))
-        server, url = start_server(Path(folder), threads=args.threads)
+        server, url = start_server(Path(folder), ["--threads", str(args.threads)])
         try:
             bodies = request_bodies(6, max_tokens=max_tokens, model=served_model(url))
             expected = reference_answers(url, bodies)  # also the warm-up

@@ -108,8 +108,9 @@ def main() -> None:
         print(
             f"\n## data loader alone: {loader_rate:.0f} samples/s; MMA training step: {step_rate:.0f} samples/s"
         )
-        report_check(
-            "loader faster than the step", loader_rate > step_rate, f"{loader_rate / step_rate:.1f}x"
+        # A timing, not a correctness condition: a ratio (the loader must take less time per sample than the step).
+        report_ratio(
+            "data loader time / MMA training step time, per sample", step_rate / loader_rate, target=1.0
         )
 
         # End to end: one worker feeding the steps; the time blocked waiting for its batches is the bottleneck.

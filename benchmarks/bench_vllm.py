@@ -26,10 +26,8 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _serving import start_server
 from aki.models import AkiForConditionalGeneration, AkiProcessor, tiny_tokenizer
 from aki.models.aki import aki_config
 
@@ -165,33 +164,12 @@ def prompt(processor, question: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(model_dir: Path, engine: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "aki.serve.cli", "serve", str(model_dir), "--port", str(port)]
-    command += ["--model-name", "aki", "--engine", engine, "--max-tokens-limit", "1024"]
+def start_engine(model_dir: Path, engine: str) -> tuple[subprocess.Popen, str]:
+    options = ["--model-name", "aki", "--engine", engine, "--max-tokens-limit", "1024"]
     if engine == "vllm":
-        command += ["--vllm-arg=--dtype=float32", "--vllm-arg=--max-model-len=2048"]
+        options += ["--vllm-arg=--dtype=float32", "--vllm-arg=--max-model-len=2048"]
     env = {key: value for key, value in os.environ.items() if key != "VLLM_ENABLE_V1_MULTIPROCESSING"}
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the {engine} server exited with {server.returncode}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.kill()
-    raise RuntimeError(f"the {engine} server did not start within 300 s")
+    return start_server(model_dir, options, ready_path="/v1/models", timeout=300, env=env)
 
 
 def body(index: int, max_tokens: int, *, stream: bool = False) -> dict:
@@ -275,7 +253,7 @@ def short_behind_long(url: str, long_tokens: int) -> tuple[float, float]:
 def measure_servers(model_dir: Path, *, new_tokens: int, long_tokens: int, rounds: int) -> dict[str, dict]:
     """Both servers up at once; their load phases alternate (the order rotates each round), after a warm-up."""
     engines = ("aki", "vllm")
-    servers = {engine: start_server(model_dir, engine) for engine in engines}
+    servers = {engine: start_engine(model_dir, engine) for engine in engines}
     try:
         urls = {engine: url for engine, (_, url) in servers.items()}
         lone = {engine: load(url, 1, new_tokens)[2] for engine, url in urls.items()}  # warm-up, lone answers

@@ -48,8 +48,12 @@ EXPECTED_RATIOS = {
         "generate MMA: one prompt at a time / one batch (batching speed-up)",
     ],
     "bench_eval.py": ["eval examples/s: batch 8 / batch 1"],
-    "bench_train.py": ["MMA step time / causal step time"],
+    "bench_train.py": [
+        "MMA step time / causal step time",
+        "data loader time / MMA training step time, per sample",
+    ],
     "bench_reliability.py": ["2-token latency behind a 900-token request / alone"],
+    "bench_serve.py": ["serve throughput: 8 clients / 1 client"],
     "bench_train_step.py": [
         "train step L=128: MMA (aki_mma_sdpa) / causal sdpa",
         "train step L=128: eager + dense MMA mask / causal sdpa",
