@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import statistics
 import tempfile
 import threading
@@ -35,7 +34,7 @@ from PIL import Image
 
 from _common import parse_args, report_check, report_ratio
 from _serving import save_tiny_model, start_server
-from aki.serve.loadtest import QUESTIONS
+from aki.serve.loadtest import QUESTIONS, send_and_leave_open
 
 LONG_TOKENS = 900
 MODEL = "tiny"
@@ -140,16 +139,6 @@ def oversized_requests(url: str, pid: int) -> dict[str, float]:
     figures["500,000 parts: seconds to 4xx"] = seconds
     figures["2-token request meanwhile: seconds"] = meanwhile
     return figures
-
-
-def send_and_leave_open(url: str, body: dict) -> socket.socket:
-    """A request on a raw socket, left open: closing it is the client leaving."""
-    host, port = url.removeprefix("http://").split(":")
-    data = json.dumps(body).encode()
-    connection = socket.create_connection((host, int(port)))
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-    connection.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    return connection
 
 
 def short_behind_long(url: str, *, rounds: int) -> tuple[float, float]:

@@ -22,8 +22,6 @@ Run: ``python benchmarks/bench_vllm.py`` (about 6 minutes here) or ``--quick`` (
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import statistics
@@ -44,6 +42,7 @@ from PIL import Image
 from _serving import start_server
 from aki.models import AkiForConditionalGeneration, AkiProcessor, tiny_tokenizer
 from aki.models.aki import aki_config
+from aki.serve.loadtest import data_url
 
 TARGET_MMA_OVER_CAUSAL = 0.97
 QUESTIONS = [
@@ -103,12 +102,6 @@ def save_model(path: Path, *, quick: bool) -> Path:
 def image(seed: int) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
-
-
-def data_url(picture: Image.Image) -> str:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 # --------------------------------------------------------------------------------------------------

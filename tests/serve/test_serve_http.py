@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -314,16 +313,6 @@ def test_the_api_key_guards_v1_and_health_stays_open(engine):
     assert good.status_code == 200
 
 
-def _post_raw(url: str, body: dict) -> socket.socket:
-    """Send a request on a raw socket and leave it open (the test decides when the client goes away)."""
-    host, port = url.removeprefix("http://").split(":")
-    data = json.dumps(body).encode()
-    connection = socket.create_connection((host, int(port)))
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-    connection.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    return connection
-
-
 def test_a_full_server_answers_429_and_a_client_that_leaves_stops_its_generation(engine, reference):
     """One slot: a long non-streaming request holds it (a second gets 429 at once); when its client closes
     the connection, the generation stops within a few steps and the slot is free again.
@@ -333,7 +322,7 @@ def test_a_full_server_answers_429_and_a_client_that_leaves_stops_its_generation
     long = {"messages": openai_chat(QUESTION, data_url(png(image))), "max_tokens": 400}
     with serving(create_app(engine, settings)) as url:
         before = engine.stats.generated_tokens
-        connection = _post_raw(url, long)
+        connection = loadtest.send_and_leave_open(url, long)
         wait_until(lambda: engine.load["running"] == 1, what="the long request to run")
         busy = httpx.post(f"{url}/v1/chat/completions", content=_request(max_tokens=2), timeout=30)
         assert busy.status_code == 429 and "1 requests in flight" in busy.json()["error"]["message"]

@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from vllm_helpers import VLLM_MISSING, data_url, noise
+from vllm_helpers import VLLM_MISSING, noise
+
+from aki.serve.loadtest import data_url
 
 pytest.importorskip("vllm.entrypoints.llm", reason=VLLM_MISSING)
 

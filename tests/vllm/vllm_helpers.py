@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,13 +12,6 @@ from PIL import Image
 VLLM_MISSING = "vLLM is not installed: the vLLM tests run in the venv of .ci/vllm-env.sh"
 NEW_TOKENS = 8
 LOGPROB_TOLERANCE = 1e-4  # fp32, vLLM's CPU kernels against transformers' SDPA
-
-
-def data_url(image: Image.Image) -> str:
-    """An image as a ``data:`` URL, as OpenAI clients send it."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def noise(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:

@@ -16,6 +16,7 @@ import argparse
 import base64
 import io
 import json
+import socket
 import statistics
 import sys
 import threading
@@ -100,6 +101,16 @@ def answer(client: httpx.Client, url: str, body: dict[str, Any]) -> str:
     response = client.post(f"{url.rstrip('/')}/v1/chat/completions", json=body)
     response.raise_for_status()
     return response.json()["choices"][0]["message"]["content"]
+
+
+def send_and_leave_open(url: str, body: dict[str, Any]) -> socket.socket:
+    """A chat request on a raw socket, left open: closing the returned socket is the client leaving."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    data = json.dumps(body).encode()
+    connection = socket.create_connection((host, int(port)))
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    connection.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return connection
 
 
 def reference_answers(url: str, bodies: list[dict[str, Any]], *, timeout: float = 60.0) -> list[str]:
